@@ -1,0 +1,30 @@
+"""What clients can ask for: models and schedulers."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from api.app import kiln
+from shared.schedulers import SCHEDULERS
+
+bp = Blueprint("models", __name__, url_prefix="/v1")
+
+
+@bp.get("/models")
+def list_models():
+    return jsonify({"models": [spec.public() for spec in kiln().catalog], "schedulers": list(SCHEDULERS)})
+
+
+@bp.get("/models/<name>")
+def get_model(name: str):
+    return jsonify(kiln().catalog.get(name).public())
+
+
+@bp.get("/schedulers")
+def list_schedulers():
+    return jsonify({
+        "schedulers": [
+            {"name": name, "class": choice.class_name, "description": choice.description}
+            for name, choice in SCHEDULERS.items()
+        ]
+    })

@@ -1,0 +1,1 @@
+"""Jobs: the request schema, the record and its state machine, and the Redis store."""

@@ -1,0 +1,173 @@
+"""The job request: one typed object, validated at the API edge, stored with the job.
+
+Validation happens in two passes: `JobRequest` checks types, unknown fields and static bounds;
+`resolve_request` checks what depends on the model and the settings and fills in defaults, so
+the stored parameters say exactly what the worker will run (the seed included).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from annotated_types import Ge, Gt, Le, MaxLen
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.catalog import Catalog, Task
+from shared.errors import ValidationFailed
+from shared.schedulers import SCHEDULERS
+from shared.settings import Settings
+
+MAX_SIDE = 2048
+MAX_SEED = 2**63 - 1
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class JobRequest(BaseModel):
+    """The body of `POST /v1/jobs`. Every field but the prompt has a default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str | None = Field(default=None, max_length=64, description="a name from GET /v1/models")
+    task: Task | None = None
+    prompt: str | None = Field(default=None, min_length=1, max_length=2000)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    width: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="multiple of 8")
+    height: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="multiple of 8")
+    steps: int | None = Field(default=None, ge=1, le=1000)
+    guidance_scale: float | None = Field(default=None, ge=0, le=30)
+    scheduler: str | None = Field(default=None, description="a name from GET /v1/schedulers")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_images: int = Field(default=1, ge=1, le=64)
+    strength: float | None = Field(default=None, gt=0, le=1)
+    image: str | None = Field(default=None, max_length=16 * 1024 * 1024, description="base64 PNG/JPEG")
+    mask_image: str | None = Field(default=None, max_length=16 * 1024 * 1024, description="base64 PNG")
+    output_format: OutputFormat = "png"
+
+
+def parse_request(body: Any) -> JobRequest:
+    """Check types, unknown fields and static bounds; raise `ValidationFailed` naming the field."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object", field="body")
+    try:
+        return JobRequest(**body)
+    except ValidationError as exc:
+        raise _to_validation_failed(exc) from None
+
+
+def _to_validation_failed(exc: ValidationError) -> ValidationFailed:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "body"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(JobRequest.model_fields)
+        return ValidationFailed(f"unknown field {field!r}; allowed fields: {allowed}", field=field)
+    bounds = _bounds(field)
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                "string_too_short", "string_too_long"} and bounds:
+        return ValidationFailed(f"{field} must be {bounds} (got {err['input']!r})", field=field)
+    expected = _expected_type(field)
+    message = f"{field}: {err['msg'].lower()}"
+    if expected:
+        message += f"; expected {expected}" + (f", {bounds}" if bounds else "")
+    return ValidationFailed(message, field=field)
+
+
+def _bounds(field: str) -> str:
+    info = JobRequest.model_fields.get(field)
+    if info is None:
+        return ""
+    parts = []
+    for item in info.metadata:
+        if isinstance(item, Ge):
+            parts.append(f">= {item.ge}")
+        elif isinstance(item, Gt):
+            parts.append(f"> {item.gt}")
+        elif isinstance(item, Le):
+            parts.append(f"<= {item.le}")
+        elif isinstance(item, MaxLen):
+            parts.append(f"at most {item.max_length} characters")
+    return " and ".join(parts)
+
+
+def _expected_type(field: str) -> str:
+    info = JobRequest.model_fields.get(field)
+    if info is None:
+        return ""
+    text = str(info.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return text.replace(" | None", "").replace("Optional[", "").rstrip("]") if text else ""
+
+
+def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings) -> dict[str, Any]:
+    """Apply the model's defaults and the checks that depend on it; return the job's params."""
+    model_name = req.model or catalog.names()[0]
+    if model_name not in catalog:
+        raise ValidationFailed(f"unknown model {model_name!r}; available: {catalog.names()}", field="model")
+    spec = catalog.get(model_name)
+    task = req.task or spec.tasks[0]
+    if task not in spec.tasks:
+        raise ValidationFailed(f"model {spec.name!r} does not do {task!r}; it does {list(spec.tasks)}", field="task")
+    _check_inputs(req, task)
+    width, height = _resolve_size(req, spec.default_width, spec.default_height, spec.fixed_size, settings)
+    steps = req.steps if req.steps is not None else spec.default_steps
+    if steps > settings.max_steps:
+        raise ValidationFailed(f"steps must be >= 1 and <= {settings.max_steps} (got {steps})", field="steps")
+    if req.num_images > settings.max_num_images:
+        raise ValidationFailed(
+            f"num_images must be >= 1 and <= {settings.max_num_images} (got {req.num_images})", field="num_images"
+        )
+    scheduler = req.scheduler or spec.default_scheduler
+    if scheduler not in SCHEDULERS:
+        raise ValidationFailed(f"unknown scheduler {scheduler!r}; allowed: {sorted(SCHEDULERS)}", field="scheduler")
+    return {
+        "model": spec.name,
+        "task": task,
+        "prompt": req.prompt,
+        "negative_prompt": req.negative_prompt,
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance_scale": req.guidance_scale if req.guidance_scale is not None else spec.default_guidance_scale,
+        "scheduler": scheduler,
+        "seed": req.seed if req.seed is not None else secrets.randbelow(2**32),
+        "num_images": req.num_images,
+        "strength": req.strength if req.strength is not None else (0.8 if task != "text-to-image" else None),
+        "output_format": req.output_format,
+    }
+
+
+def _check_inputs(req: JobRequest, task: str) -> None:
+    needs_prompt = task != "unconditional"
+    if needs_prompt and not req.prompt:
+        raise ValidationFailed(f"prompt is required for {task}", field="prompt")
+    if not needs_prompt:
+        for name in ("prompt", "negative_prompt"):
+            if getattr(req, name) is not None:
+                raise ValidationFailed(f"{name} is not used by {task}; leave it out", field=name)
+    if task in ("image-to-image", "inpaint") and not req.image:
+        raise ValidationFailed(f"image is required for {task}", field="image")
+    if task == "inpaint" and not req.mask_image:
+        raise ValidationFailed("mask_image is required for inpaint", field="mask_image")
+    if task not in ("image-to-image", "inpaint"):
+        for name in ("image", "strength"):
+            if getattr(req, name) is not None:
+                raise ValidationFailed(f"{name} is only used by image-to-image and inpaint", field=name)
+    if task != "inpaint" and req.mask_image is not None:
+        raise ValidationFailed("mask_image is only used by inpaint", field="mask_image")
+
+
+def _resolve_size(
+    req: JobRequest, default_w: int, default_h: int, fixed: bool, settings: Settings
+) -> tuple[int, int]:
+    width = req.width if req.width is not None else default_w
+    height = req.height if req.height is not None else default_h
+    for name, value, default in (("width", width, default_w), ("height", height, default_h)):
+        if value % 8:
+            raise ValidationFailed(f"{name} must be a multiple of 8 (got {value})", field=name)
+        if fixed and value != default:
+            raise ValidationFailed(f"{name} must be {default} for this model (it makes one size only)", field=name)
+    if width * height > settings.max_pixels:
+        raise ValidationFailed(
+            f"width × height must be at most {settings.max_pixels} pixels (got {width}×{height})", field="width"
+        )
+    return width, height

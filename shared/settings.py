@@ -1,0 +1,98 @@
+"""One settings object for every Kiln process, read from the environment.
+
+Layers, lowest first: the defaults below, an optional env file named by `KILN_ENV_FILE`,
+then `KILN_*` environment variables. Values are validated at start; a bad value stops the
+process with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(RuntimeError):
+    """The configuration is invalid; the message names each offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore", frozen=True)
+
+    # Redis: job records, leases, worker status — and the Celery broker unless told otherwise.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
+    key_prefix: str = Field(default="kiln", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Storage of outputs.
+    storage: Literal["local", "s3"] = "local"
+    storage_root: Path = REPO_ROOT / "var" / "outputs"
+    s3_bucket: str = "kiln"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_path_style: bool = True
+    s3_create_bucket: bool = False
+    output_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+    # Models: a JSON catalog file; the default serves the bundled model.
+    models_file: Path | None = None
+    models_dir: Path = REPO_ROOT / "var" / "models"
+
+    # API.
+    public_url: str = "http://127.0.0.1:8000"
+    max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    max_num_images: int = Field(default=8, ge=1, le=64)
+    max_steps: int = Field(default=150, ge=1, le=1000)
+
+    # Dispatch: Celery on Redis, at-least-once (see docs/operations.md for the trade-off).
+    visibility_timeout_s: int = Field(default=3600, ge=10)
+    unacked_restore_interval_s: float = Field(default=5.0, gt=0)
+    lease_ttl_s: float = Field(default=30.0, gt=0.5)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    job_timeout_s: float = Field(default=1800.0, gt=0)
+    retention_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+    # Worker.
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1 …; default: CUDA if present")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    worker_queues: str = "kiln.default"
+    pipeline_cache_bytes: int = Field(default=8 * 1024**3, ge=0)
+    progress_interval_s: float = Field(default=0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> "Settings":
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("KILN_S3_BUCKET is required when KILN_STORAGE=s3")
+        return self
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and `KILN_ENV_FILE`), raising `SettingsError`."""
+    env_file = os.environ.get("KILN_ENV_FILE")
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"KILN_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid Kiln settings: {problems}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
