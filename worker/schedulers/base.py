@@ -1,0 +1,187 @@
+"""What every scheduler shares: config I/O, step output, step-index bookkeeping, noise, cloning.
+
+A scheduler instance belongs to one job. Its precomputed tables (β, ᾱ, σ) are read-only and may
+be shared between clones; everything a job mutates while stepping is created by `_fresh_state`
+and lives on the instance, so two jobs never see each other's history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence, TypeVar
+
+import torch
+
+from worker.configuration import ConfigMixin
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S", bound="SchedulerMixin")
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+# Diffusers' "Karras family": schedulers that share the ᾱ-based config and swap freely.
+KARRAS_FAMILY = (
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+)
+
+
+@dataclass
+class SchedulerOutput:
+    """Result of `step`: the sample at the next (less noisy) timestep, and x̂_0 where defined."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        if self.pred_original_sample is None:
+            return (self.prev_sample,)
+        return (self.prev_sample, self.pred_original_sample)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.to_tuple()[index]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.to_tuple())
+
+
+def randn_tensor(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise drawn as Diffusers draws it, so a seed gives the same numbers.
+
+    A CPU generator with a non-CPU target draws on the CPU and moves the result; a list of
+    generators draws one batch row from each, in order.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    rand_device = device
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]
+    if generator is not None:
+        gen_type = (generator[0] if isinstance(generator, (list, tuple)) else generator).device.type
+        if gen_type != device.type and gen_type == "cpu":
+            rand_device = torch.device("cpu")
+        elif gen_type != device.type:
+            raise ValueError(f"cannot draw a {device.type} tensor from a {gen_type} generator")
+    if isinstance(generator, (list, tuple)):
+        row = (1, *shape[1:])
+        rows = [torch.randn(row, generator=g, device=rand_device, dtype=dtype) for g in generator[: shape[0]]]
+        return torch.cat(rows, dim=0).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+def broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape per-sample values (B,) to (B, 1, 1, ...) so they broadcast against `like`."""
+    values = values.flatten()
+    return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
+
+
+class SchedulerMixin(ConfigMixin):
+    """Base of all schedulers: config file, compatibles, cloning and step-index bookkeeping."""
+
+    config_name = "scheduler_config.json"
+    order = 1
+    _compatibles: tuple[str, ...] = ()
+    timesteps: torch.Tensor
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls: type[S], path: str | os.PathLike[str], subfolder: str | None = None, **overrides: Any
+    ) -> S:
+        """Build from `scheduler_config.json` in a local folder (or its `subfolder`)."""
+        return cls.from_config(cls.load_config(path, subfolder=subfolder), **overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        self.save_config(save_directory)
+
+    @property
+    def compatibles(self) -> list[str]:
+        """Class names this scheduler's config can be swapped to with `from_config`."""
+        return sorted({type(self).__name__, *self._compatibles})
+
+    def clone(self: S) -> S:
+        """A fresh scheduler for a new job: same config and tables, no step history.
+
+        Tables are shared, not copied: no scheduler mutates a tensor in place.
+        """
+        twin = copy.copy(self)
+        twin.__dict__.update(self._fresh_state())
+        return twin
+
+    def _fresh_state(self) -> dict[str, Any]:
+        """Per-job mutable state, reset by `set_timesteps` and `clone`."""
+        return {"_step_index": None, "_begin_index": None}
+
+    def _reset(self) -> None:
+        self.__dict__.update(self._fresh_state())
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # -- step-index bookkeeping ---------------------------------------------------------------
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into `timesteps` of the next step; None until the first `step`."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First step index, set by pipelines that start mid-schedule (image-to-image)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: float | torch.Tensor, schedule: torch.Tensor | None = None) -> int:
+        """Position of `timestep` in the schedule; the second match when it occurs twice.
+
+        Second-order schedulers repeat timesteps; starting at the second copy keeps a pipeline
+        that enters mid-schedule from skipping a σ.
+        """
+        schedule = self.timesteps if schedule is None else schedule
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.to(schedule.device)
+        matches = (schedule == timestep).nonzero()
+        if len(matches) == 0:
+            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps")
+        return int(matches[1 if len(matches) > 1 else 0].item())
+
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _step_indices(self, timesteps: torch.Tensor) -> list[int]:
+        """Step index for each noise level asked of `add_noise`."""
+        if self._begin_index is None:
+            schedule = self.timesteps.to(timesteps.device)
+            return [self.index_for_timestep(t, schedule) for t in timesteps.flatten()]
+        index = self._step_index if self._step_index is not None else self._begin_index
+        return [index] * timesteps.flatten().shape[0]
+
+    def _require_timesteps(self) -> None:
+        if getattr(self, "num_inference_steps", None) is None:
+            raise ValueError(f"{type(self).__name__}: call set_timesteps before step")
+
+    @staticmethod
+    def _check_timestep_args(num_inference_steps: int | None, *customs: Any) -> None:
+        given = [c for c in customs if c is not None]
+        if len(given) > 1 or (given and num_inference_steps is not None):
+            raise ValueError("pass only one of num_inference_steps, timesteps or sigmas")
+        if not given and num_inference_steps is None:
+            raise ValueError("pass num_inference_steps, timesteps or sigmas")
+
+    @staticmethod
+    def _output(return_dict: bool, prev: torch.Tensor, x0: torch.Tensor | None = None) -> Any:
+        out = SchedulerOutput(prev, x0)
+        return out if return_dict else out.to_tuple()

@@ -1,0 +1,143 @@
+"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) over a subsequence of timesteps."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .base import KARRAS_FAMILY, Generator, randn_tensor
+from .prediction import denoise_vp, limit_x0
+from .schedules import check_choice, check_num_steps, timestep_grid
+from .vp import VPScheduleMixin
+from worker.configuration import register_to_config
+
+
+def _fixed_small(var: torch.Tensor, beta: torch.Tensor, predicted: Any) -> torch.Tensor:
+    return var.clamp(min=1e-20) ** 0.5
+
+
+def _fixed_small_log(var: torch.Tensor, beta: torch.Tensor, predicted: Any) -> torch.Tensor:
+    return torch.exp(0.5 * torch.log(var.clamp(min=1e-20)))
+
+
+def _fixed_large(var: torch.Tensor, beta: torch.Tensor, predicted: Any) -> torch.Tensor:
+    return beta**0.5
+
+
+def _learned(var: torch.Tensor, beta: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    return predicted**0.5  # the network predicts the variance itself
+
+
+def _learned_range(var: torch.Tensor, beta: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    # Nichol & Dhariwal 2021, eq. 15: log Σ = v log β_t + (1 − v) log β̃_t, with v = (out + 1)/2.
+    frac = (predicted + 1) / 2
+    log_var = frac * torch.log(beta) + (1 - frac) * torch.log(var.clamp(min=1e-20))
+    return torch.exp(0.5 * log_var)
+
+
+# variance_type → standard deviation of the noise added at a step, from β̃_t (posterior), β_t.
+VARIANCE_TYPES = {
+    "fixed_small": _fixed_small,
+    "fixed_small_log": _fixed_small_log,
+    "fixed_large": _fixed_large,
+    "fixed_large_log": _fixed_large,
+    "learned": _learned,
+    "learned_range": _learned_range,
+}
+LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+class DDPMScheduler(VPScheduleMixin):
+    """Ancestral DDPM: x_{t'} ~ q(x_{t'} | x_t, x̂_0) for each consecutive pair t > t'."""
+
+    _compatibles = KARRAS_FAMILY
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Sequence[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        check_choice("variance_type", variance_type, list(VARIANCE_TYPES))
+        self._build_tables()
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self._reset()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Any = None,
+    ) -> None:
+        """Choose the descending integer timesteps to sample at (or take custom `timesteps`)."""
+        if sigmas is not None:
+            raise ValueError("DDPMScheduler takes timesteps, not sigmas")
+        self._check_timestep_args(num_inference_steps, timesteps)
+        T = self.config.num_train_timesteps
+        if timesteps is not None:
+            grid = np.array(list(timesteps), dtype=np.int64)
+            if np.any(grid[1:] >= grid[:-1]) or grid[0] >= T:
+                raise ValueError(f"custom timesteps must be strictly descending and below {T}")
+            self.custom_timesteps, self.num_inference_steps = True, len(grid)
+        else:
+            n = check_num_steps(num_inference_steps, T)
+            c = self.config
+            grid = timestep_grid(c.timestep_spacing, T, n, c.steps_offset).astype(np.int64)
+            self.custom_timesteps, self.num_inference_steps = False, n
+        self.timesteps = torch.from_numpy(grid).to(device)
+        self._reset()
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The next timestep of the schedule after `timestep`, or −1 after the last one."""
+        if self.num_inference_steps is None:
+            return int(timestep) - 1
+        index = self.index_for_timestep(timestep)
+        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+
+    def _alpha_bars(self, t: int, prev_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        return self.alphas_cumprod[t], prev
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: Generator = None,
+        return_dict: bool = True,
+    ) -> Any:
+        """One ancestral step: posterior mean (DDPM eq. 7) plus σ-scaled fresh noise (t > 0)."""
+        t = int(timestep)
+        prev_t = self.previous_timestep(t)
+        predicted_var = None
+        if model_output.shape[1] == 2 * sample.shape[1] and self.config.variance_type in LEARNED_VARIANCE:
+            model_output, predicted_var = torch.split(model_output, sample.shape[1], dim=1)
+        ab_t, ab_prev = self._alpha_bars(t, prev_t)
+        beta = 1 - ab_t / ab_prev  # effective β between t and prev_t
+        x0 = denoise_vp(self.config.prediction_type, model_output, sample, ab_t**0.5, (1 - ab_t) ** 0.5).x0
+        x0 = limit_x0(x0, self.config)
+        # μ̃ = √ᾱ_{t'} β / (1−ᾱ_t) · x̂_0 + √(1−β) (1−ᾱ_{t'}) / (1−ᾱ_t) · x_t
+        prev = (ab_prev**0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * sample
+        if t > 0:
+            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+            posterior_var = (1 - ab_prev) / (1 - ab_t) * beta  # β̃ (DDPM eq. 7)
+            prev = prev + VARIANCE_TYPES[self.config.variance_type](posterior_var, beta, predicted_var) * noise
+        return self._output(return_dict, prev, x0)

@@ -1,0 +1,212 @@
+"""Noise schedules, written once: betas, ᾱ, timestep grids, sigmas and their conversions.
+
+Notation (Ho et al. 2020, DDPM; Karras et al. 2022, EDM):
+    ᾱ_t = ∏_{s≤t} (1 − β_s)               cumulative signal fraction, t ∈ [0, T)
+    x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε      variance-preserving (VP) form
+    σ_t = √((1 − ᾱ_t) / ᾱ_t)               variance-exploding (VE / k-diffusion) form: x = x_0 + σ ε
+    λ_t = log(α_t / σ_t)                     half log-SNR (DPM-Solver)
+
+All functions are pure: they take numbers or arrays and return new arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# β schedules
+# ---------------------------------------------------------------------------------------------
+
+
+def _linear(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+
+
+def _scaled_linear(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # Stable Diffusion's schedule: linear in √β.
+    return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
+
+
+def _squaredcos_cap_v2(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t + s)/(1 + s) · π/2), s = 0.008, β capped at 0.999.
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def _sigmoid(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    return torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start
+
+
+BETA_SCHEDULES: dict[str, Callable[[int, float, float], torch.Tensor]] = {
+    "linear": _linear,
+    "scaled_linear": _scaled_linear,
+    "squaredcos_cap_v2": _squaredcos_cap_v2,
+    "sigmoid": _sigmoid,
+}
+
+
+def check_choice(kind: str, value: object, allowed: Sequence[str]) -> None:
+    """Raise a ValueError naming `kind`, the bad `value` and what is allowed."""
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def make_betas(
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    beta_schedule: str,
+    trained_betas: Sequence[float] | None = None,
+    rescale_betas_zero_snr: bool = False,
+) -> torch.Tensor:
+    """β_t for t = 0..T−1 (float32), from a named schedule or explicit `trained_betas`."""
+    if trained_betas is not None:
+        betas = torch.tensor(trained_betas, dtype=torch.float32)
+    else:
+        check_choice("beta_schedule", beta_schedule, list(BETA_SCHEDULES))
+        betas = BETA_SCHEDULES[beta_schedule](num_train_timesteps, beta_start, beta_end)
+    return rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale √ᾱ so that ᾱ_{T−1} = 0 while ᾱ_0 is kept (Lin et al. 2023, Algorithm 1)."""
+    sqrt_ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    alpha_bar = sqrt_ab**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t = ∏ (1 − β_s); shape (T,)."""
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestep grids (Lin et al. 2023, Table 2): descending arrays of training timesteps.
+# ---------------------------------------------------------------------------------------------
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def timestep_grid(
+    spacing: str,
+    num_train_timesteps: int,
+    num_steps: int,
+    steps_offset: int = 0,
+    *,
+    rounded: bool = True,
+    drop_last: bool = False,
+    last_timestep: int | None = None,
+) -> np.ndarray:
+    """Descending float64 timesteps for `num_steps` inference steps.
+
+    Args:
+        spacing: `linspace` (evenly from T−1 to 0), `leading` (multiples of T // n, plus
+            `steps_offset`) or `trailing` (evenly from T−1 down, ending near T/n − 1).
+        rounded: round `linspace` to integers (discrete-time schedulers do; sigma schedulers don't).
+        drop_last: build n + 1 points and drop the smallest (multistep DPM-Solver / UniPC grids).
+        last_timestep: upper end of the grid (defaults to T); DPM-Solver clips it by λ_min.
+    """
+    check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+    top = num_train_timesteps if last_timestep is None else last_timestep
+    points = num_steps + 1 if drop_last else num_steps
+    if spacing == "trailing":
+        ratio = num_train_timesteps / num_steps
+        return np.round(np.arange(top, 0, -ratio)) - 1
+    if spacing == "linspace":
+        grid = np.linspace(0, top - 1, points)
+        grid = grid.round() if rounded else grid
+    else:  # leading
+        grid = np.arange(0, points) * (top // points) + 0.0
+    grid = grid[::-1][:num_steps] if drop_last else grid[::-1]
+    return grid + steps_offset if spacing == "leading" else grid.copy()
+
+
+def check_num_steps(num_steps: int | None, num_train_timesteps: int) -> int:
+    """Validate a number of inference steps against the training horizon."""
+    if num_steps is None or int(num_steps) < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_steps!r}")
+    if num_steps > num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={num_steps} is larger than num_train_timesteps={num_train_timesteps}"
+        )
+    return int(num_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# σ (VE) tables and σ ↔ t interpolation
+# ---------------------------------------------------------------------------------------------
+
+
+def train_sigmas(alpha_bar: torch.Tensor) -> np.ndarray:
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training timestep; float32 array of shape (T,)."""
+    return (((1 - alpha_bar) / alpha_bar) ** 0.5).numpy()
+
+
+def sigmas_at(timesteps: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """σ at (possibly fractional) timesteps, linear in t between table entries."""
+    return np.interp(timesteps, np.arange(len(sigmas)), sigmas)
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional timestep whose σ matches, interpolating linearly in log σ.
+
+    `log_sigmas` is the increasing table log σ_t, t = 0..T−1; values outside it clip to its ends.
+    """
+    log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
+    count = np.searchsorted(log_sigmas, log_sigma, side="right")  # entries ≤ log σ
+    low = np.clip(count - 1, 0, len(log_sigmas) - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022, eq. 5: σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ."""
+    ramp = np.linspace(0, 1, n)
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """σ evenly spaced in log σ from σ_max down to σ_min."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+SIGMA_SCHEDULES: dict[str, Callable[[float, float, int], np.ndarray]] = {
+    "karras": karras_sigmas,
+    "exponential": exponential_sigmas,
+}
+
+
+def sigma_schedule_name(use_karras: bool, use_exponential: bool, use_beta: bool) -> str | None:
+    """Which re-spacing of σ the config asks for (at most one); None keeps the timestep grid."""
+    if use_beta:
+        raise ValueError("use_beta_sigmas is not supported; allowed: use_karras_sigmas, use_exponential_sigmas")
+    if use_karras and use_exponential:
+        raise ValueError("only one of use_karras_sigmas and use_exponential_sigmas may be set")
+    return "karras" if use_karras else "exponential" if use_exponential else None
+
+
+def respace_sigmas(
+    name: str, sigmas: np.ndarray, n: int, sigma_min: float | None = None, sigma_max: float | None = None
+) -> np.ndarray:
+    """Replace descending `sigmas` by the named schedule between the same (or given) ends."""
+    lo = sigma_min if sigma_min is not None else float(sigmas[-1])
+    hi = sigma_max if sigma_max is not None else float(sigmas[0])
+    return SIGMA_SCHEDULES[name](lo, hi, n)
+
+
+def vp_alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VE σ → VP (α_t, σ_t): α_t = 1/√(σ²+1), σ_t = σ α_t."""
+    alpha_t = 1 / (sigma**2 + 1) ** 0.5
+    return alpha_t, sigma * alpha_t

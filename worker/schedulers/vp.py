@@ -1,0 +1,50 @@
+"""Discrete-time, variance-preserving schedules: tables of β_t and ᾱ_t indexed by integer t."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SchedulerMixin, broadcast_to
+from .prediction import check_prediction_type
+from .schedules import alphas_cumprod, check_choice, make_betas, TIMESTEP_SPACINGS
+
+
+class VPScheduleMixin(SchedulerMixin):
+    """Builds β, α, ᾱ from the config and adds noise as x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε."""
+
+    betas: torch.Tensor  # (T,)
+    alphas: torch.Tensor  # (T,)
+    alphas_cumprod: torch.Tensor  # (T,)
+
+    def _build_tables(self) -> None:
+        c = self.config
+        check_prediction_type(c.prediction_type)
+        check_choice("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
+        self.betas = make_betas(
+            c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,
+            c.trained_betas, c.get("rescale_betas_zero_snr", False),
+        )
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = alphas_cumprod(self.betas)
+
+    def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        table = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
+        return broadcast_to(table[timesteps.to(like.device)], like)
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Forward process q(x_t | x_0) at integer `timesteps` (one per batch row, or one)."""
+        alpha_bar = self._alpha_bar(timesteps, original)
+        return alpha_bar**0.5 * original + (1 - alpha_bar) ** 0.5 * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (the v-prediction training target)."""
+        alpha_bar = self._alpha_bar(timesteps, sample)
+        return alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * sample
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """VP schedulers feed x_t to the model unscaled."""
+        return sample
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
