@@ -1,0 +1,7 @@
+"""Kiln's diffusion models, loaded from Diffusers-layout checkpoints."""
+
+from worker.models.errors import ModelConfigError, ModelLoadError
+from worker.models.modeling import ModelMixin
+from worker.models.unet_2d import UNet2DModel
+
+__all__ = ["ModelConfigError", "ModelLoadError", "ModelMixin", "UNet2DModel"]

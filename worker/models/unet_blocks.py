@@ -1,0 +1,209 @@
+"""UNet levels (down, mid, up) built from the block type names of Diffusers configs.
+
+Every level is a stack of `ResnetBlock2D`s, optionally each followed by an attention module,
+optionally ending in a 2x resampler. The type name only chooses the attention kind and whether
+the level takes skip connections, so one class per role serves all names; the registries below
+map each name to its class and attention kind.
+
+Attention kinds:
+- "self": `SpatialSelfAttention` (UNet2D / VAE levels), heads = channels // head dim;
+- "cross": `Transformer2DModel` (SD levels), `num_heads` heads of channels // num_heads.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from worker.models.attention import SpatialSelfAttention
+from worker.models.errors import ModelConfigError
+from worker.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from worker.models.transformer_2d import Transformer2DModel
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Everything a level needs, filled in by the model from its config."""
+
+    in_channels: int
+    out_channels: int
+    temb_channels: int | None
+    num_layers: int
+    add_sample: bool = False  # a down- or upsampler at the end of the level
+    prev_output_channels: int | None = None  # up levels: channels coming from the level below
+    eps: float = 1e-6
+    act_fn: str = "silu"
+    groups: int = 32
+    time_scale_shift: str = "default"
+    output_scale_factor: float = 1.0
+    dropout: float = 0.0
+    downsample_padding: int = 1
+    attention_head_dim: int | None = None  # "self" attention head size (None: one head)
+    attention_norm: bool = True  # "self" attention: GroupNorm before attending
+    attention_groups: int | None = None  # its groups (None: `groups`)
+    num_heads: int = 8  # "cross" attention
+    cross_attention_dim: int | None = None
+    transformer_layers: int | Sequence[int] = 1
+    use_linear_projection: bool = False
+    only_cross_attention: bool = False
+    add_attention: bool = True  # mid levels: False drops their attention (keeps the resnets)
+
+    def resnet(self, in_channels: int, out_channels: int) -> ResnetBlock2D:
+        return ResnetBlock2D(in_channels, out_channels, self.temb_channels, groups=self.groups, eps=self.eps,
+                             act_fn=self.act_fn, time_embedding_norm=self.time_scale_shift,
+                             output_scale_factor=self.output_scale_factor, dropout=self.dropout)
+
+
+def _self_attention(spec: BlockSpec, channels: int, layer: int) -> nn.Module:
+    groups = (spec.attention_groups or spec.groups) if spec.attention_norm else None
+    return SpatialSelfAttention(channels, dim_head=spec.attention_head_dim or channels, norm_groups=groups,
+                                eps=spec.eps, rescale_output_factor=spec.output_scale_factor)
+
+
+def _cross_attention(spec: BlockSpec, channels: int, layer: int) -> nn.Module:
+    if spec.cross_attention_dim is None:
+        raise ModelConfigError("cross-attention blocks need cross_attention_dim in the config")
+    layers = spec.transformer_layers
+    depth = layers[layer] if isinstance(layers, (list, tuple)) else layers
+    return Transformer2DModel(spec.num_heads, channels // spec.num_heads, channels, num_layers=depth,
+                              cross_attention_dim=spec.cross_attention_dim, norm_num_groups=spec.groups,
+                              use_linear_projection=spec.use_linear_projection,
+                              only_cross_attention=spec.only_cross_attention, dropout=spec.dropout)
+
+
+ATTENTION_KINDS: dict[str, Callable[[BlockSpec, int, int], nn.Module]] = {
+    "self": _self_attention,
+    "cross": _cross_attention,
+}
+
+
+def _attentions(spec: BlockSpec, kind: str | None, channels: int, count: int) -> nn.ModuleList | None:
+    if kind is None or not spec.add_attention:
+        return None
+    return nn.ModuleList([ATTENTION_KINDS[kind](spec, channels, i) for i in range(count)])
+
+
+class DownBlock(nn.Module):
+    """(B, in, H, W) -> (B, out, H/2, W/2) and the skip tensors the up path will consume."""
+
+    def __init__(self, spec: BlockSpec, attention: str | None = None):
+        super().__init__()
+        out = spec.out_channels
+        self.resnets = nn.ModuleList(
+            [spec.resnet(spec.in_channels if i == 0 else out, out) for i in range(spec.num_layers)]
+        )
+        self.attentions = _attentions(spec, attention, out, spec.num_layers)
+        self.downsamplers = None
+        if spec.add_sample:
+            self.downsamplers = nn.ModuleList([Downsample2D(out, out, padding=spec.downsample_padding)])
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(h, temb)
+            if self.attentions is not None:
+                h = self.attentions[i](h, context, context_mask)
+            skips.append(h)
+        if self.downsamplers is not None:
+            h = self.downsamplers[0](h)
+            skips.append(h)
+        return h, tuple(skips)
+
+
+class MidBlock(nn.Module):
+    """resnet, then `num_layers` x (attention, resnet), at constant channels and size."""
+
+    def __init__(self, spec: BlockSpec, attention: str | None = None):
+        super().__init__()
+        channels = spec.in_channels
+        self.resnets = nn.ModuleList([spec.resnet(channels, channels) for _ in range(spec.num_layers + 1)])
+        self.attentions = _attentions(spec, attention, channels, spec.num_layers)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.resnets[0](h, temb)
+        for i, resnet in enumerate(self.resnets[1:]):
+            if self.attentions is not None:
+                h = self.attentions[i](h, context, context_mask)
+            h = resnet(h, temb)
+        return h
+
+
+class UpBlock(nn.Module):
+    """(B, prev, H, W) + skips -> (B, out, 2H, 2W).
+
+    With `skips`, each resnet takes the running features concatenated (after them, on channels)
+    with the latest unused skip tensor of the down path; decoder levels (`skips=False`) take none.
+    """
+
+    def __init__(self, spec: BlockSpec, attention: str | None = None, skips: bool = True):
+        super().__init__()
+        out, n = spec.out_channels, spec.num_layers
+        prev = spec.prev_output_channels if spec.prev_output_channels is not None else spec.in_channels
+        if skips:
+            widths = [(prev if i == 0 else out) + (spec.in_channels if i == n - 1 else out) for i in range(n)]
+        else:
+            widths = [spec.in_channels if i == 0 else out for i in range(n)]
+        self.takes_skips = skips
+        self.resnets = nn.ModuleList([spec.resnet(width, out) for width in widths])
+        self.attentions = _attentions(spec, attention, out, n)
+        self.upsamplers = nn.ModuleList([Upsample2D(out, out)]) if spec.add_sample else None
+
+    def forward(self, h: torch.Tensor, skips: Sequence[torch.Tensor] = (), temb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
+        skips = list(skips)
+        for i, resnet in enumerate(self.resnets):
+            if self.takes_skips:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = resnet(h, temb)
+            if self.attentions is not None:
+                h = self.attentions[i](h, context, context_mask)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h, upsample_size)
+        return h
+
+
+DOWN_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
+    "DownBlock2D": DownBlock,
+    "AttnDownBlock2D": functools.partial(DownBlock, attention="self"),
+    "CrossAttnDownBlock2D": functools.partial(DownBlock, attention="cross"),
+    "DownEncoderBlock2D": DownBlock,
+    "AttnDownEncoderBlock2D": functools.partial(DownBlock, attention="self"),
+}
+
+MID_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
+    "UNetMidBlock2D": functools.partial(MidBlock, attention="self"),
+    "UNetMidBlock2DCrossAttn": functools.partial(MidBlock, attention="cross"),
+}
+
+UP_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
+    "UpBlock2D": UpBlock,
+    "AttnUpBlock2D": functools.partial(UpBlock, attention="self"),
+    "CrossAttnUpBlock2D": functools.partial(UpBlock, attention="cross"),
+    "UpDecoderBlock2D": functools.partial(UpBlock, skips=False),
+    "AttnUpDecoderBlock2D": functools.partial(UpBlock, attention="self", skips=False),
+}
+
+
+def build_block(registry: dict[str, Callable[[BlockSpec], nn.Module]], kind: str, name: str,
+                spec: BlockSpec) -> nn.Module:
+    """Build the `kind` ("down", "mid", "up") block called `name` in configs.
+
+    Raises:
+        ModelConfigError: `name` is not in the registry; the message lists the known names.
+    """
+    if name not in registry:
+        raise ModelConfigError(f"unknown {kind} block type {name!r}; known: {sorted(registry)}")
+    return registry[name](spec)
+
+
+def check_resample_type(key: str, value: str | None) -> None:
+    """Only conv resamplers are built; resnet-based ones are rejected clearly."""
+    if value not in (None, "conv"):
+        raise ModelConfigError(f"{key}={value!r} is not supported; only 'conv' is")
