@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+import redis
+
+from api.app import create_app
+from shared.settings import load_settings
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path):
+    return load_settings(redis_url=redis_url, storage="local", storage_root=tmp_path / "outputs",
+                         models_dir=tmp_path / "models")
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def redis_keys(redis_url):
+    """A function returning every key in Redis, to prove a rejected request stored nothing."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    return lambda: sorted(client.keys("*"))

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from shared.settings import REPO_ROOT
+
+
+def test_api_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from api.app import create_app\n"
+        "from shared.settings import load_settings\n"
+        "create_app(load_settings(redis_url='redis://127.0.0.1:1/0'))\n"
+        "import api.blueprints.jobs, api.blueprints.models, api.blueprints.health\n"
+        "assert 'torch' not in sys.modules, 'the API imported torch'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_models_lists_the_bundled_model_and_schedulers(client):
+    body = client.get("/v1/models").json
+    names = [m["name"] for m in body["models"]]
+    assert names == ["kiln-ddpm-tiny"]
+    model = body["models"][0]
+    assert model["tasks"] == ["unconditional"]
+    assert model["defaults"]["width"] == 32
+    assert "dpmpp_2m_karras" in body["schedulers"]
+    assert "source" not in model  # no filesystem paths leak
+
+
+def test_healthz_checks_redis_and_storage(client):
+    body = client.get("/healthz").json
+    assert body == {"status": "ok", "checks": {"redis": "ok", "storage": "ok"}}
+
+
+def test_healthz_reports_redis_down(tmp_path):
+    from api.app import create_app
+    from shared.settings import load_settings
+
+    app = create_app(load_settings(redis_url="redis://127.0.0.1:1/0", storage_root=tmp_path))
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json["checks"]["redis"].startswith("error")

@@ -1,0 +1,30 @@
+"""`python -m worker [celery worker options]`: run one Kiln worker (one per GPU)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("KILN_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from worker.app import celery, settings
+
+    args = [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={settings.worker_queues}",
+        f"--hostname=kiln-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        f"--loglevel={os.environ.get('KILN_LOG_LEVEL', 'INFO')}",
+        *(sys.argv[1:] if argv is None else argv),
+    ]
+    celery.worker_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Hands on jobs whose worker died: a running job with an expired lease is requeued (or, after
+`max_attempts` starts, failed). Every worker runs one; the store's script makes it safe for
+several to sweep at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from shared.celery_app import enqueue_job
+from shared.jobs.record import Status
+from shared.jobs.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+def sweep(store: JobStore, celery: Celery, max_attempts: int, grace_s: float) -> list[str]:
+    """One pass over running jobs; returns the ids it requeued."""
+    requeued = []
+    for job_id in store.ids(Status.RUNNING, limit=1000):
+        if store.lease_holder(job_id) is not None:
+            continue
+        answer = store.reap(job_id, max_attempts, grace_s)
+        if answer == "requeued":
+            job = store.get(job_id)
+            enqueue_job(celery, job_id, job.queue)
+            requeued.append(job_id)
+            logger.warning("job %s lost its worker; requeued (attempt %d so far)", job_id, job.attempts)
+        elif answer in ("failed", "canceled"):
+            logger.error("job %s lost its worker and ended %s", job_id, answer)
+    return requeued
+
+
+class Reaper(threading.Thread):
+    def __init__(self, store: JobStore, celery: Celery, interval_s: float, max_attempts: int, grace_s: float):
+        super().__init__(name="kiln-reaper", daemon=True)
+        self.store, self.celery = store, celery
+        self.interval_s, self.max_attempts, self.grace_s = interval_s, max_attempts, grace_s
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                sweep(self.store, self.celery, self.max_attempts, self.grace_s)
+            except Exception:
+                logger.warning("reaper sweep failed; retrying next interval", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
