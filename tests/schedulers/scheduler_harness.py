@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -39,10 +40,12 @@ def sample_loop(
         set_kwargs["num_inference_steps"] = num_steps
     scheduler.set_timesteps(**set_kwargs)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
-    generator = torch.Generator().manual_seed(seed + 1)
+    step_kwargs = dict(step_kwargs or {})
+    if "generator" in inspect.signature(scheduler.step).parameters:  # some oracles take none
+        step_kwargs["generator"] = torch.Generator().manual_seed(seed + 1)
     for t in scheduler.timesteps:
         out = model(scheduler.scale_model_input(x, t), t)
-        x = scheduler.step(out, t, x, generator=generator, **(step_kwargs or {})).prev_sample
+        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
         if interleave is not None:
             interleave()
     return x

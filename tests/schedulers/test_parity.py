@@ -14,6 +14,8 @@ import torch
 from scheduler_harness import SD_CONFIG, relative_error, sample_loop
 from worker import schedulers as kiln
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
 ZSNR = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 
 # (class name, config overrides on SD_CONFIG, steps, step kwargs)
@@ -28,6 +30,26 @@ CASES = [
     ("DDIMScheduler", {"timestep_spacing": "linspace", "prediction_type": "sample"}, 10, {"eta": 1.0}),
     ("DDIMScheduler", ZSNR, 10, {"eta": 0.5}),
     ("DDIMScheduler", {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}, 25, {}),
+    ("EulerDiscreteScheduler", {}, 10, {}),
+    ("EulerDiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, 12, {}),
+    ("EulerDiscreteScheduler", {"timestep_spacing": "leading", "steps_offset": 1}, 10, {"s_churn": 1.0}),
+    ("EulerDiscreteScheduler", {**ZSNR, "final_sigmas_type": "sigma_min"}, 10, {}),
+    ("EulerDiscreteScheduler", {"use_exponential_sigmas": True, "prediction_type": "sample"}, 10, {}),
+    ("EulerDiscreteScheduler", {"timestep_type": "continuous", "prediction_type": "v_prediction"}, 10, {}),
+    ("EulerAncestralDiscreteScheduler", {}, 10, {}),
+    ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10, {}),
+    ("EulerAncestralDiscreteScheduler", ZSNR, 10, {}),
+    ("HeunDiscreteScheduler", {}, 10, {}),
+    ("HeunDiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, 10, {}),
+    ("HeunDiscreteScheduler", {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": True,
+                               "prediction_type": "sample"}, 10, {}),
+    ("KDPM2DiscreteScheduler", {}, 10, {}),
+    ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, 10, {}),
+    ("KDPM2DiscreteScheduler", {"timestep_spacing": "trailing"}, 15, {}),
+    ("LMSDiscreteScheduler", {}, 10, {}),
+    ("LMSDiscreteScheduler", {"use_karras_sigmas": True}, 15, {}),
+    ("LMSDiscreteScheduler", {"timestep_spacing": "leading", "prediction_type": "v_prediction"}, 10, {}),
+    ("LMSDiscreteScheduler", {"prediction_type": "sample", "use_exponential_sigmas": True}, 12, {}),
 ]
 
 

@@ -13,10 +13,19 @@ from shared.schedulers import SCHEDULERS
 from .base import SchedulerMixin
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .kdpm2 import KDPM2DiscreteScheduler
+from .lms import LMSDiscreteScheduler
 
 SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     "DDPMScheduler": DDPMScheduler,
     "DDIMScheduler": DDIMScheduler,
+    "LMSDiscreteScheduler": LMSDiscreteScheduler,
+    "EulerDiscreteScheduler": EulerDiscreteScheduler,
+    "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
+    "HeunDiscreteScheduler": HeunDiscreteScheduler,
+    "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
 }
 
 
