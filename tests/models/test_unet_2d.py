@@ -54,7 +54,7 @@ def test_round_trip_through_diffusers(tmp_path):
     with torch.no_grad():
         expected = ours(sample, timestep).sample
         assert rel_err(reference(sample, timestep).sample, expected) < 1e-4
-        assert torch.equal(again(sample, timestep).sample, expected)
+        assert rel_err(again(sample, timestep).sample, expected) < 1e-5
     assert dict(again.config) == dict(ours.config)
 
 
