@@ -1,0 +1,31 @@
+"""The pipeline classes `model_index.json` may name, by their Diffusers class names."""
+
+from __future__ import annotations
+
+import functools
+
+from worker.pipelines.pipeline_utils import DiffusionPipeline
+
+
+class UnsupportedPipelineError(ValueError):
+    """`model_index.json` names a pipeline class Kiln does not implement."""
+
+
+@functools.cache
+def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
+    """Diffusers pipeline class name -> Kiln class (imported on first use to avoid cycles)."""
+    from worker.pipelines.ddpm import DDPMPipeline
+
+    classes = (DDPMPipeline,)
+    return {cls.__name__: cls for cls in classes}
+
+
+def pipeline_class(name: str) -> type[DiffusionPipeline]:
+    """The Kiln class for a `_class_name`, or an error that lists what Kiln supports."""
+    registry = pipeline_registry()
+    if name not in registry:
+        raise UnsupportedPipelineError(
+            f"pipeline class {name!r} is not supported by Kiln; supported: {sorted(registry)} "
+            "(or pass custom_pipeline=...)"
+        )
+    return registry[name]
