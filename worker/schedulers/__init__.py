@@ -3,20 +3,24 @@
 from .base import SchedulerMixin, SchedulerOutput, randn_tensor
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
 from .lms import LMSDiscreteScheduler
+from .pndm import PNDMScheduler
 from .registry import SCHEDULER_CLASSES, build_scheduler, scheduler_class
 
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "LMSDiscreteScheduler",
+    "PNDMScheduler",
     "SCHEDULER_CLASSES",
     "SchedulerMixin",
     "SchedulerOutput",

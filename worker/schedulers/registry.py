@@ -13,19 +13,23 @@ from shared.schedulers import SCHEDULERS
 from .base import SchedulerMixin
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
 from .lms import LMSDiscreteScheduler
+from .pndm import PNDMScheduler
 
 SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     "DDPMScheduler": DDPMScheduler,
     "DDIMScheduler": DDIMScheduler,
+    "PNDMScheduler": PNDMScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
+    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
 }
 
 
