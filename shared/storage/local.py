@@ -30,6 +30,7 @@ from shared.storage.base import (
     StoredObject,
     validate_content_type,
     validate_data,
+    validate_expiry,
 )
 from shared.storage.errors import InvalidKey, ObjectNotFound, StorageUnavailable
 from shared.storage.keys import is_valid_key, validate_key, validate_prefix
@@ -112,7 +113,9 @@ class LocalStorage(Storage):
         return sorted(keys)
 
     def url(self, key: str, expires_in: int) -> str | None:
+        """Always `None`: a folder has no URL of its own, the API serves `path(key)` itself."""
         validate_key(key)
+        validate_expiry(expires_in)
         return None
 
     def health(self) -> None:

@@ -6,8 +6,8 @@ wildcard DNS needed); request checksums only where the API requires them (newer 
 CRC32 headers to every upload by default, which older servers reject); `ContentType` always set;
 ETags never interpreted (their format differs between servers and for multipart uploads).
 
-Clients are created lazily and again after a `fork`, so a storage built in a parent process is
-safe to use in pre-forked workers.
+Clients are created lazily, shared by storages with the same connection settings, and created
+again after a `fork`, so a storage built in a parent process is safe to use in pre-forked workers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 import boto3
@@ -97,18 +98,17 @@ class S3Storage(Storage):
         self.presign_endpoint_url = _validate_endpoint(presign_endpoint_url, "presign_endpoint_url")
         self.region = region
         self.page_size = _validate_page_size(page_size)
-        self._credentials = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
-        self._config = Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path" if path_style else "virtual"},
-            retries={"mode": "standard", "max_attempts": max_attempts},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+        self._connection = _Connection(
+            endpoint_url=self.endpoint_url,
+            region=region,
+            access_key=access_key,
+            secret_key=secret_key,
+            path_style=bool(path_style),
+            connect_timeout=float(connect_timeout),
+            read_timeout=float(read_timeout),
+            max_attempts=int(max_attempts),
         )
-        self._lock = threading.Lock()
-        self._clients: tuple[int, BaseClient, BaseClient] | None = None
+        self._presign_connection = replace(self._connection, endpoint_url=self.presign_endpoint_url or self.endpoint_url)
         if create_bucket:
             self.ensure_bucket()
 
@@ -218,29 +218,11 @@ class S3Storage(Storage):
 
     @property
     def _client(self) -> BaseClient:
-        return self._ensure_clients()[1]
+        return _client_for(self._connection)
 
     @property
     def _presigner(self) -> BaseClient:
-        return self._ensure_clients()[2]
-
-    def _ensure_clients(self) -> tuple[int, BaseClient, BaseClient]:
-        """(pid, client, presigning client), built once per process: clients do not survive fork."""
-        clients = self._clients
-        if clients is None or clients[0] != os.getpid():
-            with self._lock:
-                clients = self._clients
-                if clients is None or clients[0] != os.getpid():
-                    client = self._new_client(self.endpoint_url)
-                    presigner = self._new_client(self.presign_endpoint_url) if self.presign_endpoint_url else client
-                    clients = self._clients = (os.getpid(), client, presigner)
-        return clients
-
-    def _new_client(self, endpoint_url: str | None) -> BaseClient:
-        session = boto3.session.Session()  # sessions are not thread-safe; one per client
-        return session.client(
-            "s3", endpoint_url=endpoint_url, region_name=self.region, config=self._config, **self._credentials
-        )
+        return _client_for(self._presign_connection)
 
     @contextlib.contextmanager
     def _errors(self, key: str | None = None) -> Iterator[None]:
@@ -271,6 +253,58 @@ class S3Storage(Storage):
         if status >= 500 or code in {"SlowDown", "ServiceUnavailable"}:
             return StorageUnavailable(f"S3 at {self._where} is failing: {code}: {message}")
         return StorageError(f"S3 at {self._where} rejected a request on bucket {self.bucket!r}: {code}: {message}")
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """Everything a boto3 client is built from; storages with equal connections share a client."""
+
+    endpoint_url: str | None
+    region: str
+    access_key: str | None
+    secret_key: str | None = field(repr=False)
+    path_style: bool
+    connect_timeout: float
+    read_timeout: float
+    max_attempts: int
+
+
+_clients: dict[tuple[int, _Connection], BaseClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _client_for(connection: _Connection) -> BaseClient:
+    """The process's client for `connection`.
+
+    boto3 clients are thread-safe but must not cross a `fork` (hence the pid in the cache key),
+    and building one costs a few hundred milliseconds, so each process builds one per connection.
+    """
+    cache_key = (os.getpid(), connection)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            client = _clients[cache_key] = _new_client(connection)
+    return client
+
+
+def _new_client(connection: _Connection) -> BaseClient:
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if connection.path_style else "virtual"},
+        retries={"mode": "standard", "max_attempts": connection.max_attempts},
+        connect_timeout=connection.connect_timeout,
+        read_timeout=connection.read_timeout,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=connection.endpoint_url,
+        region_name=connection.region,
+        aws_access_key_id=connection.access_key,
+        aws_secret_access_key=connection.secret_key,
+        config=config,
+    )
 
 
 def _code(exc: ClientError) -> str:
