@@ -3,5 +3,6 @@
 from worker.models.errors import ModelConfigError, ModelLoadError
 from worker.models.modeling import ModelMixin
 from worker.models.unet_2d import UNet2DModel
+from worker.models.unet_2d_condition import UNet2DConditionModel
 
-__all__ = ["ModelConfigError", "ModelLoadError", "ModelMixin", "UNet2DModel"]
+__all__ = ["ModelConfigError", "ModelLoadError", "ModelMixin", "UNet2DConditionModel", "UNet2DModel"]

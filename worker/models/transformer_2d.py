@@ -62,10 +62,7 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, dim), context (B, M, cross_attention_dim) -> (B, N, dim)."""
-        if self.only_cross_attention:
-            x = self.attn1(self.norm1(x), context, context_mask) + x
-        else:
-            x = self.attn1(self.norm1(x)) + x
+        x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
         if self.attn2 is not None:
             x = self.attn2(self.norm2(x), context, context_mask) + x
         return self.ff(self.norm3(x)) + x

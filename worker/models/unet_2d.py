@@ -18,8 +18,8 @@ from worker.models.embeddings import GaussianFourierProjection, TimestepEmbeddin
 from worker.models.errors import ModelConfigError
 from worker.models.modeling import ModelMixin
 from worker.models.outputs import UNetOutput
-from worker.models.unet_blocks import (DOWN_BLOCKS, MID_BLOCKS, UP_BLOCKS, BlockSpec, build_block,
-                                       check_resample_type)
+from worker.models.unet_blocks import (MID_BLOCKS, BlockSpec, build_block, check_resample_type, down_levels,
+                                       up_levels)
 
 
 class UNet2DModel(ModelMixin):
@@ -75,11 +75,12 @@ class UNet2DModel(ModelMixin):
                          dropout=dropout, downsample_padding=downsample_padding,
                          attention_head_dim=attention_head_dim)
         self.conv_in = nn.Conv2d(in_channels, base, kernel_size=3, padding=1)
-        self.down_blocks = nn.ModuleList(_down_levels(spec, down_block_types, block_out_channels))
+        self.down_blocks = nn.ModuleList(down_levels(spec, down_block_types, block_out_channels))
         self.mid_block = None
         if mid_block_type is not None:
             self.mid_block = build_block(MID_BLOCKS, "mid", mid_block_type, _mid_spec(spec, self.config))
-        self.up_blocks = nn.ModuleList(_up_levels(spec, up_block_types, block_out_channels))
+        up_layers = [{"num_layers": layers_per_block + 1}] * len(up_block_types)
+        self.up_blocks = nn.ModuleList(up_levels(spec, up_block_types, block_out_channels, up_layers))
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, base, eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
@@ -152,29 +153,6 @@ def _class_embedding(kind: str | None, num_class_embeds: int | None, time_input_
     if kind == "identity":
         return nn.Identity()
     raise ModelConfigError(f"class_embed_type {kind!r} is not supported; use None, 'timestep' or 'identity'")
-
-
-def _down_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int]) -> list[nn.Module]:
-    blocks, out = [], channels[0]
-    for i, name in enumerate(names):
-        inp, out = out, channels[i]
-        level = replace(spec, in_channels=inp, out_channels=out, add_sample=i < len(channels) - 1)
-        blocks.append(build_block(DOWN_BLOCKS, "down", name, level))
-    return blocks
-
-
-def _up_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int],
-               num_layers: Sequence[int] | None = None) -> list[nn.Module]:
-    """Up levels mirror the down path with one extra resnet each (it eats the downsampler's skip)."""
-    rev = list(reversed(channels))
-    blocks, out = [], rev[0]
-    for i, name in enumerate(names):
-        prev, out = out, rev[i]
-        layers = (num_layers[i] if num_layers is not None else spec.num_layers) + 1
-        level = replace(spec, in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=out,
-                        prev_output_channels=prev, num_layers=layers, add_sample=i < len(rev) - 1)
-        blocks.append(build_block(UP_BLOCKS, "up", name, level))
-    return blocks
 
 
 def _mid_spec(spec: BlockSpec, config) -> BlockSpec:

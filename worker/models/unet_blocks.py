@@ -13,8 +13,8 @@ Attention kinds:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -201,6 +201,35 @@ def build_block(registry: dict[str, Callable[[BlockSpec], nn.Module]], kind: str
     if name not in registry:
         raise ModelConfigError(f"unknown {kind} block type {name!r}; known: {sorted(registry)}")
     return registry[name](spec)
+
+
+def down_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int],
+                per_level: Sequence[dict[str, Any]] | None = None) -> list[nn.Module]:
+    """Down levels: level i maps channels[i-1] (channels[0] for the first) to channels[i] and
+    halves the size, except the last. `per_level[i]` overrides spec fields for level i."""
+    blocks = []
+    for i, name in enumerate(names):
+        overrides = per_level[i] if per_level is not None else {}
+        level = replace(spec, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
+                        add_sample=i < len(channels) - 1, **overrides)
+        blocks.append(build_block(DOWN_BLOCKS, "down", name, level))
+    return blocks
+
+
+def up_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int],
+              per_level: Sequence[dict[str, Any]] | None = None) -> list[nn.Module]:
+    """Up levels mirror the down path (deepest first). Level i outputs reversed(channels)[i];
+    its last resnet takes the skip of the level below's input width. `per_level[i]` (in up order)
+    overrides spec fields, typically `num_layers` = down layers + 1 (one more skip per level:
+    the downsampler's output)."""
+    rev = list(reversed(channels))
+    blocks = []
+    for i, name in enumerate(names):
+        overrides = per_level[i] if per_level is not None else {}
+        level = replace(spec, in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=rev[i],
+                        prev_output_channels=rev[max(i - 1, 0)], add_sample=i < len(rev) - 1, **overrides)
+        blocks.append(build_block(UP_BLOCKS, "up", name, level))
+    return blocks
 
 
 def check_resample_type(key: str, value: str | None) -> None:
