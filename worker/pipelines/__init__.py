@@ -1,11 +1,22 @@
 """Diffusion pipelines: loading in the Diffusers layout, and the denoising stages Kiln runs."""
 
+from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.ddpm import DDPMPipeline
+from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
+from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.pipeline_utils import DiffusionPipeline
+from worker.pipelines.sdxl import StableDiffusionXLPipeline
+from worker.pipelines.stable_diffusion import Sampling, StableDiffusionPipeline
 
 __all__ = [
+    "Conditioning",
     "DDPMPipeline",
     "DiffusionPipeline",
     "ImagePipelineOutput",
+    "Sampling",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
 ]

@@ -15,8 +15,18 @@ class UnsupportedPipelineError(ValueError):
 def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
     """Diffusers pipeline class name -> Kiln class (imported on first use to avoid cycles)."""
     from worker.pipelines.ddpm import DDPMPipeline
+    from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
+    from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
+    from worker.pipelines.sdxl import StableDiffusionXLPipeline
+    from worker.pipelines.stable_diffusion import StableDiffusionPipeline
 
-    classes = (DDPMPipeline,)
+    classes = (
+        DDPMPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionXLPipeline,
+    )
     return {cls.__name__: cls for cls in classes}
 
 
