@@ -39,12 +39,13 @@ def sample_loop(
     if num_steps is not None:
         set_kwargs["num_inference_steps"] = num_steps
     scheduler.set_timesteps(**set_kwargs)
-    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * getattr(scheduler, "init_noise_sigma", 1.0)  # oracle flow-match has none
     step_kwargs = dict(step_kwargs or {})
     if "generator" in inspect.signature(scheduler.step).parameters:  # some oracles take none
         step_kwargs["generator"] = torch.Generator().manual_seed(seed + 1)
     for t in scheduler.timesteps:
-        out = model(scheduler.scale_model_input(x, t), t)
+        scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
+        out = model(scale(x, t), t)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
         if interleave is not None:
             interleave()

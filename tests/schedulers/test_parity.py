@@ -52,6 +52,12 @@ CASES = [
     ("DPMSolverMultistepScheduler", {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing",
                                      "lambda_min_clipped": -5.1, "solver_order": 3}, 25, {}),
     ("EulerDiscreteScheduler", {}, 10, {}),
+    ("LCMScheduler", {}, 4, {}),
+    ("LCMScheduler", {"prediction_type": "v_prediction", "original_inference_steps": 25, "clip_sample": True}, 6, {}),
+    ("LCMScheduler", {"set_alpha_to_one": False, "timestep_scaling": 5.0, "thresholding": True}, 8, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, 10, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True, "use_karras_sigmas": True}, 10, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift_terminal": 0.1, "use_exponential_sigmas": True}, 8, {}),
     ("EulerDiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, 12, {}),
     ("EulerDiscreteScheduler", {"timestep_spacing": "leading", "steps_offset": 1}, 10, {"s_churn": 1.0}),
     ("EulerDiscreteScheduler", {**ZSNR, "final_sigmas_type": "sigma_min"}, 10, {}),
@@ -93,7 +99,7 @@ class _LearnedVarianceModel:
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_matches_diffusers(case: tuple) -> None:
     name, overrides, steps, kwargs = case
-    config = {**SD_CONFIG, **overrides}
+    config = {**({} if name.startswith("FlowMatch") else SD_CONFIG), **overrides}
     ours = getattr(kiln, name).from_config(config)
     theirs = getattr(diffusers, name).from_config(config)
     model = _LearnedVarianceModel() if overrides.get("variance_type", "").startswith("learned") else None

@@ -5,8 +5,10 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
+from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .registry import SCHEDULER_CLASSES, build_scheduler, scheduler_class
@@ -17,8 +19,10 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
+    "LCMScheduler",
     "LMSDiscreteScheduler",
     "PNDMScheduler",
     "SCHEDULER_CLASSES",

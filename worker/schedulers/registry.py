@@ -15,8 +15,10 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
+from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 
@@ -30,6 +32,8 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "LCMScheduler": LCMScheduler,
+    "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
 }
 
 
