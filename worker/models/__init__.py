@@ -1,8 +1,11 @@
 """Kiln's diffusion models, loaded from Diffusers-layout checkpoints."""
 
+from worker.models.autoencoder_kl import AutoencoderKL
+from worker.models.distributions import DiagonalGaussianDistribution
 from worker.models.errors import ModelConfigError, ModelLoadError
 from worker.models.modeling import ModelMixin
 from worker.models.unet_2d import UNet2DModel
 from worker.models.unet_2d_condition import UNet2DConditionModel
 
-__all__ = ["ModelConfigError", "ModelLoadError", "ModelMixin", "UNet2DConditionModel", "UNet2DModel"]
+__all__ = ["AutoencoderKL", "DiagonalGaussianDistribution", "ModelConfigError", "ModelLoadError", "ModelMixin",
+           "UNet2DConditionModel", "UNet2DModel"]

@@ -209,9 +209,9 @@ def down_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int],
     halves the size, except the last. `per_level[i]` overrides spec fields for level i."""
     blocks = []
     for i, name in enumerate(names):
-        overrides = per_level[i] if per_level is not None else {}
-        level = replace(spec, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
-                        add_sample=i < len(channels) - 1, **overrides)
+        fields = dict(in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
+                      add_sample=i < len(channels) - 1)
+        level = replace(spec, **{**fields, **(per_level[i] if per_level is not None else {})})
         blocks.append(build_block(DOWN_BLOCKS, "down", name, level))
     return blocks
 
@@ -225,9 +225,9 @@ def up_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int],
     rev = list(reversed(channels))
     blocks = []
     for i, name in enumerate(names):
-        overrides = per_level[i] if per_level is not None else {}
-        level = replace(spec, in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=rev[i],
-                        prev_output_channels=rev[max(i - 1, 0)], add_sample=i < len(rev) - 1, **overrides)
+        fields = dict(in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=rev[i],
+                      prev_output_channels=rev[max(i - 1, 0)], add_sample=i < len(rev) - 1)
+        level = replace(spec, **{**fields, **(per_level[i] if per_level is not None else {})})
         blocks.append(build_block(UP_BLOCKS, "up", name, level))
     return blocks
 
