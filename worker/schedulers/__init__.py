@@ -11,6 +11,7 @@ from .kdpm2 import KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .unipc import UniPCMultistepScheduler
 from .registry import SCHEDULER_CLASSES, build_scheduler, scheduler_class
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "SCHEDULER_CLASSES",
     "SchedulerMixin",
     "SchedulerOutput",
+    "UniPCMultistepScheduler",
     "build_scheduler",
     "randn_tensor",
     "scheduler_class",

@@ -21,6 +21,7 @@ from .kdpm2 import KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .unipc import UniPCMultistepScheduler
 
 SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     "DDPMScheduler": DDPMScheduler,
@@ -32,6 +33,7 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "LCMScheduler": LCMScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
 }
