@@ -37,9 +37,9 @@ def make_s3(s3_server: S3Server) -> Callable[..., S3Storage]:
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def dead_endpoint() -> str:
-    """The URL of a local port that nobody listens on."""
+    """The URL of a local port that nobody listens on (one per session: each endpoint costs a client)."""
     return f"http://127.0.0.1:{free_port()}"
 
 
