@@ -30,7 +30,18 @@ KILN_VERSION = "0.1.0"
 
 
 class FrozenConfig(dict):
-    """A read-only dict whose keys are also attributes (`config.num_train_timesteps`)."""
+    """A read-only dict whose keys are also attributes (`config.num_train_timesteps`).
+
+    Besides its keys it remembers, out of band, the class that made it (`source_class`) and
+    which keys took their defaults (`defaulted`), so `from_config(other.config)` can apply the
+    swap rule without private keys showing up among the config's items.
+    """
+
+    def __init__(self, data: Any = (), source_class: str | None = None,
+                 defaulted: tuple[str, ...] = ()) -> None:
+        super().__init__(data)
+        object.__setattr__(self, "source_class", source_class)
+        object.__setattr__(self, "defaulted", tuple(defaulted))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -45,7 +56,7 @@ class FrozenConfig(dict):
     pop = popitem = clear = update = setdefault = _readonly  # type: ignore[assignment]
 
     def __reduce__(self):  # picklable despite the read-only mutators
-        return (FrozenConfig, (dict(self),))
+        return (FrozenConfig, (dict(self), self.source_class, self.defaulted))
 
 
 def register_to_config(init: Callable[..., None]) -> Callable[..., None]:
@@ -64,7 +75,7 @@ def register_to_config(init: Callable[..., None]) -> Callable[..., None]:
         values = {name: passed.get(name, default) for name, default in parameters.items()}
         values = {k: _jsonable(v) for k, v in values.items() if v is not inspect.Parameter.empty}
         defaulted = sorted(set(values) - set(passed))
-        self._internal_config = FrozenConfig({**values, DEFAULTED_KEY: defaulted})
+        self._internal_config = FrozenConfig(values, type(self).__name__, tuple(defaulted))
         init(self, *args, **kwargs)
 
     return wrapper
@@ -91,8 +102,8 @@ class ConfigMixin:
 
     @property
     def config(self) -> FrozenConfig:
-        """The constructor arguments, without private bookkeeping keys."""
-        return FrozenConfig({k: v for k, v in self._internal_config.items() if not k.startswith("_")})
+        """The constructor arguments (with the swap-rule bookkeeping attached, not as keys)."""
+        return self._internal_config
 
     @classmethod
     def _init_parameters(cls) -> set[str]:
@@ -111,8 +122,11 @@ class ConfigMixin:
         defaults for them; keys this class does not know are ignored with a warning;
         `overrides` win over everything.
         """
-        raw = dict(getattr(config, "_internal_config", config) or {})
-        defaulted = set(raw.pop(DEFAULTED_KEY, []) or [])
+        source = getattr(config, "_internal_config", config)
+        raw = dict(source or {})
+        defaulted = set(raw.pop(DEFAULTED_KEY, []) or []) | set(getattr(source, "defaulted", ()))
+        source_class = getattr(source, "source_class", None) or raw.get("_class_name")
+        swapping = source_class is not None and source_class != cls.__name__
         known = cls._init_parameters()
         kwargs: dict[str, Any] = {}
         unknown: list[str] = []
@@ -123,7 +137,9 @@ class ConfigMixin:
                 kwargs[key] = value
             elif key not in cls.ignored_config_keys:
                 unknown.append(key)
-        if unknown:
+        if unknown and swapping:  # keys of the source class that this one has no use for
+            logger.debug("%s ignores %s from a %s config", cls.__name__, sorted(unknown), source_class)
+        elif unknown:
             logger.warning(
                 "config keys %s are not used by %s and are ignored", sorted(unknown), cls.__name__
             )

@@ -40,14 +40,25 @@ def pipeline_for_task(cached: Any, family: str, task: str, scheduler_name: str) 
     return cls(**{**cached.components, "scheduler": scheduler})
 
 
+def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
+    """How many denoising steps (model calls) the job will make: schedulers of order 2 such as
+    Heun interleave extra timesteps, and image-to-image skips the first `1 - strength`."""
+    probe = scheduler.clone()
+    probe.set_timesteps(params["steps"])
+    total = len(probe.timesteps)
+    if params.get("strength") is not None and params["task"] in ("image-to-image", "inpaint"):
+        total = max(1, round(total * params["strength"]))
+    return total
+
+
 def run_params(pipe: Any, params: dict[str, Any], on_step: StepHook) -> list[Image.Image]:
     """Call the pipeline with the job's parameters; the generator is seeded on the CPU so a
     seed gives the same image on every device."""
     generator = torch.Generator("cpu").manual_seed(params["seed"])
-    total = params["steps"]
+    total = planned_steps(pipe.scheduler, params)
 
     def callback(_pipe: Any, step: int, _t: Any, kwargs: dict) -> dict:
-        on_step(step + 1, total)
+        on_step(min(step + 1, total), total)
         return kwargs
 
     kwargs: dict[str, Any] = {

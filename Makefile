@@ -1,0 +1,43 @@
+# Kiln: `make up` runs the whole stack on this machine; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned: 2.13.0 is the CPU build (an open range would pull a multi-GB CUDA build).
+TORCH := torch==2.13.0
+
+.PHONY: up setup test test-setup system-deps bundled-model bench clean
+
+up: setup system-deps
+	$(PY) -m shared.localstack
+
+setup: $(VENV)/.kiln-installed
+
+$(VENV)/.kiln-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+test-setup: $(VENV)/.kiln-test-installed system-deps
+
+$(VENV)/.kiln-test-installed: $(VENV)/.kiln-installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Redis comes from Debian's package when missing (needs root); tests and `make up` start their own.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+test: test-setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bundled-model: setup
+	$(PY) -m worker.bundled
+
+clean:
+	rm -rf var .pytest_cache
