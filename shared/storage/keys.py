@@ -63,9 +63,13 @@ def output_key(job_id: str, index: int, ext: str) -> str:
         ext: file extension without the dot, 1-8 lowercase letters or digits (`png`, `webp`).
     """
     if not isinstance(job_id, str) or "/" in job_id or not is_valid_key(job_id):
-        raise InvalidKey(f"invalid job id {job_id!r} for an output key: expected one key part", field="job_id")
+        raise InvalidKey(
+            f"invalid job id {job_id!r} for an output key: expected one key part", field="job_id"
+        )
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise InvalidKey(f"invalid output index {index!r}: expected an integer >= 0", field="index")
     if not isinstance(ext, str) or not _EXT.fullmatch(ext):
-        raise InvalidKey(f"invalid output extension {ext!r}: expected 1-8 lowercase letters or digits, no dot", field="ext")
+        raise InvalidKey(
+            f"invalid output extension {ext!r}: expected 1-8 lowercase letters or digits, no dot", field="ext"
+        )
     return f"{OUTPUTS}/{job_id}/{index}.{ext}"

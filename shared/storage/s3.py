@@ -108,7 +108,8 @@ class S3Storage(Storage):
             read_timeout=float(read_timeout),
             max_attempts=int(max_attempts),
         )
-        self._presign_connection = replace(self._connection, endpoint_url=self.presign_endpoint_url or self.endpoint_url)
+        presign_endpoint = self.presign_endpoint_url or self.endpoint_url
+        self._presign_connection = replace(self._connection, endpoint_url=presign_endpoint)
         if create_bucket:
             self.ensure_bucket()
 
@@ -153,10 +154,10 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> list[str]:
         prefix = validate_prefix(prefix)
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size}
-        )
         with self._errors():
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size}
+            )
             keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
         return sorted(keys)
 
@@ -179,7 +180,8 @@ class S3Storage(Storage):
                 self._client.create_bucket(Bucket=self.bucket, **self._location())
             except ClientError as exc:
                 # Lost a race with another process, or the name is taken by someone else.
-                if _code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"} or not self._bucket_exists():
+                taken = _code(exc) in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+                if not taken or not self._bucket_exists():
                     raise
                 return
         logger.info("created S3 bucket %r at %s", self.bucket, self._where)

@@ -59,7 +59,9 @@ def test_files_that_are_not_valid_keys_are_not_listed(local_storage: LocalStorag
     assert local_storage.list() == ["outputs/j/0.png"]
 
 
-@pytest.mark.parametrize(("name", "content_type"), [("dropped.png", "image/png"), ("dropped.zzz", "application/octet-stream")])
+@pytest.mark.parametrize(
+    ("name", "content_type"), [("dropped.png", "image/png"), ("dropped.zzz", "application/octet-stream")]
+)
 def test_files_placed_by_hand_get_a_content_type_from_their_extension(
     local_storage: LocalStorage, name: str, content_type: str
 ) -> None:

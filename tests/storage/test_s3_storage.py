@@ -127,7 +127,9 @@ def test_health_fails_fast_and_clearly_when_the_server_is_down(make_s3: MakeS3, 
 
 
 @pytest.mark.parametrize("operation", ["put", "get", "list", "delete"])
-def test_every_operation_reports_an_unreachable_server(make_s3: MakeS3, dead_endpoint: str, operation: str) -> None:
+def test_every_operation_reports_an_unreachable_server(
+    make_s3: MakeS3, dead_endpoint: str, operation: str
+) -> None:
     storage = make_s3("kiln", endpoint_url=dead_endpoint, max_attempts=1)
     arguments = {"put": ("k", b"x", "text/plain"), "get": ("k",), "list": ("",), "delete": ("k",)}[operation]
 
@@ -135,7 +137,9 @@ def test_every_operation_reports_an_unreachable_server(make_s3: MakeS3, dead_end
         getattr(storage, operation)(*arguments)
 
 
-def test_unknown_credentials_are_unavailable_not_missing(make_s3: MakeS3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_credentials_make_the_storage_unavailable(
+    make_s3: MakeS3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
