@@ -90,10 +90,11 @@ DATA_PREDICTION = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
 
 
-def differences(outputs: Sequence[Tensor], points: Sequence[Point], t: Point) -> list[Tensor]:
+def multistep_differences(outputs: Sequence[Tensor], points: Sequence[Point], t: Point) -> list[Tensor]:
     """[D_0, D_1, D_2][:order] from newest-first outputs m_k at newest-first points s_k.
 
-    order 2: D_1 = (m_0 − m_1)/r_0; order 3 adds the second difference (DPM-Solver++ eq. 8).
+    The step starts at s_0; order 2: D_1 = (m_0 − m_1)/r_0; order 3 adds the second
+    difference (DPM-Solver++ eq. 8, multistep).
     """
     m = list(outputs)
     if len(m) == 1:
@@ -108,28 +109,51 @@ def differences(outputs: Sequence[Tensor], points: Sequence[Point], t: Point) ->
     return [m[0], d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)]
 
 
+def singlestep_differences(
+    outputs: Sequence[Tensor], points: Sequence[Point], t: Point, solver_type: str
+) -> list[Tensor]:
+    """Differences for a single-step update that starts at the OLDEST point (DPM-Solver-2/3).
+
+    The newer points are the intermediate evaluations of the same step (Lu et al. 2022, Alg. 1–2).
+    The third-order midpoint form keeps only the first difference to the newest point.
+    """
+    m, anchor = list(outputs), points[-1]
+    h = t.lam - anchor.lam
+    r = [(p.lam - anchor.lam) / h for p in points[:-1]]  # r_0 (newest), r_1
+    if len(m) == 1:
+        return [m[0]]
+    if len(m) == 2:
+        return [m[1], (m[0] - m[1]) / r[0]]
+    d1_0, d1_1 = (m[1] - m[2]) / r[1], (m[0] - m[2]) / r[0]
+    if solver_type == "midpoint":
+        return [m[2], d1_1]
+    d1 = (r[0] * d1_0 - r[1] * d1_1) / (r[0] - r[1])
+    return [m[2], d1, 2.0 * (d1_1 - d1_0) / (r[0] - r[1])]
+
+
 def dpm_update(
     algorithm: str,
-    solver_type: str,
     x: Tensor,
-    outputs: Sequence[Tensor],
-    points: Sequence[Point],
+    d: Sequence[Tensor],
+    s: Point,
     t: Point,
+    c1_form: str = "midpoint",
     noise: Tensor | None = None,
 ) -> Tensor:
-    """One multistep DPM-Solver step from points[0] to t, of order len(outputs) (1..3)."""
+    """x_t = A x_s + c_0 D_0 (+ c_1 D_1 (+ c_2 D_2)) (+ n_t z), from point s to point t.
+
+    `c1_form` picks the first-difference coefficient: `midpoint` or `heun` (the exact φ_2 form).
+    """
     coef = ALGORITHMS[algorithm]
-    s = points[0]
     h = t.lam - s.lam
-    d = differences(outputs, points, t)
     x_t = coef.a(s, t, h) * x + coef.c0(s, t, h) * d[0]
-    if len(d) == 2:
-        c1 = coef.c1_midpoint if solver_type == "midpoint" else coef.c1_heun
+    if len(d) >= 2:
+        c1 = coef.c1_midpoint if c1_form == "midpoint" else coef.c1_heun
         x_t = x_t + c1(s, t, h) * d[1]
-    elif len(d) == 3:
+    if len(d) == 3:
         if coef.c2 is None:
             raise ValueError(f"third-order updates are not defined for algorithm_type {algorithm!r}")
-        x_t = x_t + coef.c1_heun(s, t, h) * d[1] + coef.c2(s, t, h) * d[2]
+        x_t = x_t + coef.c2(s, t, h) * d[2]
     if coef.noise is not None:
         x_t = x_t + coef.noise(s, t, h) * noise
     return x_t

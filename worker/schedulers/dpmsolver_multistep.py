@@ -9,7 +9,7 @@ import torch
 from worker.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator, randn_tensor
-from .dpm_solver import ALGORITHMS, DATA_PREDICTION, SOLVER_TYPES, dpm_update
+from .dpm_solver import ALGORITHMS, DATA_PREDICTION, SOLVER_TYPES, dpm_update, multistep_differences
 from .schedules import check_choice
 from .vp_sigma import VPSigmaScheduleMixin
 
@@ -114,8 +114,10 @@ class DPMSolverMultistepScheduler(VPSigmaScheduleMixin):
         order = self._order_now()
         outputs = self.model_outputs[::-1][:order]
         points = [self._point(j) for j in self.output_indices[::-1][:order]]
-        prev = dpm_update(self.algorithm_type, self.solver_type, sample.to(torch.float32), outputs, points,
-                          self._point(self._step_index + 1), noise)
+        t = self._point(self._step_index + 1)
+        c1_form = self.solver_type if order == 2 else "heun"  # third order uses the exact φ_2 term
+        d = multistep_differences(outputs, points, t)
+        prev = dpm_update(self.algorithm_type, sample.to(torch.float32), d, points[0], t, c1_form, noise)
         self.lower_order_nums = min(self.lower_order_nums + 1, self.config.solver_order)
         self._step_index += 1
         return self._output(return_dict, prev.to(model_output.dtype))

@@ -14,6 +14,7 @@ from .base import SchedulerMixin
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
+from .dpmsolver_singlestep import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
@@ -33,6 +34,7 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "LCMScheduler": LCMScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,

@@ -47,7 +47,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
             c.use_karras_sigmas, c.use_exponential_sigmas or c.get("use_lu_lambdas", False), c.use_beta_sigmas
         )
         alpha_bar = self.alphas_cumprod
-        if c.rescale_betas_zero_snr:  # keep σ_{T−1} finite
+        if c.get("rescale_betas_zero_snr"):  # keep σ_{T−1} finite
             alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
         self._alpha_bar = alpha_bar
         self._train_sigmas = train_sigmas(alpha_bar)
@@ -66,7 +66,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         c = self.config
         n = check_num_steps(num_steps, c.num_train_timesteps)
         ts = timestep_grid(
-            c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset, drop_last=True,
+            c.get("timestep_spacing", "linspace"), c.num_train_timesteps, n, c.get("steps_offset", 0), drop_last=True,
             last_timestep=self._lambda_clipped_top(),
         )
         final = 0.0
