@@ -17,8 +17,10 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+MAX_PIXEL_DIFF = 2e-3  # parity bound on images in [0, 1]
 WORDS = ("a", "cat", "dog", "red", "blue", "photo", "of", "the", "painting", "ugly", "blurry")
 
 
@@ -155,3 +157,12 @@ def tiny_ddpm_pipeline(scheduler: str = "ddpm"):
     ).eval()
     schedulers = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
     return DDPMPipeline(unet=unet, scheduler=schedulers[scheduler](num_train_timesteps=100))
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference between two arrays/tensors/PIL images."""
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

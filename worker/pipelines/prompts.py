@@ -63,7 +63,9 @@ def encode_sd(text_encoder: Any, tokenizer: Any, texts: list[str], clip_skip: in
     if clip_skip is None:
         return run_text_encoder(text_encoder, tokens, hidden_states=False)[0]
     output = run_text_encoder(text_encoder, tokens, hidden_states=True)
-    return text_encoder.text_model.final_layer_norm(output.hidden_states[-(clip_skip + 1)])
+    # transformers < 5 nests the layers in `.text_model`; 5.x puts them on the model itself.
+    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    return final_norm(output.hidden_states[-(clip_skip + 1)])
 
 
 def encode_penultimate(text_encoder: Any, tokenizer: Any, texts: list[str], clip_skip: int | None = None,

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny diffusers pipelines saved once per module, and the Kiln loads of them."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from tests.pipelines import tiny
+
+
+@pytest.fixture(scope="module")
+def sd_saved(tmp_path_factory):
+    """(diffusers SD pipeline, folder it was saved to)."""
+    ref = tiny.tiny_sd_pipeline()
+    folder = tmp_path_factory.mktemp("sd")
+    ref.save_pretrained(folder)
+    return ref, folder
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(sd_saved):
+    from worker.pipelines import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(sd_saved[1])
+
+
+@pytest.fixture(scope="module")
+def rgb_image():
+    rng = np.random.default_rng(0)
+    return PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def mask_image():
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, 16:] = 255  # repaint the right half
+    return PIL.Image.fromarray(mask)
