@@ -26,6 +26,7 @@ def storage(settings: Settings) -> Storage:
         secret_key=settings.s3_secret_key,
         path_style=settings.s3_path_style,
         create_bucket=settings.s3_create_bucket,
+        presign_endpoint_url=settings.s3_presign_endpoint_url,
     )
 
 

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_path_style: bool = True
     s3_create_bucket: bool = False
+    s3_presign_endpoint_url: str | None = Field(
+        default=None, description="address clients use for presigned URLs, when not s3_endpoint_url")
     output_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
     # Models: a JSON catalog file; the default serves the bundled model.
@@ -65,6 +67,8 @@ class Settings(BaseSettings):
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1 …; default: CUDA if present")
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     worker_queues: str = "kiln.default"
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for torch; default: torch's own (all cores)")
     pipeline_cache_bytes: int = Field(default=8 * 1024**3, ge=0)
     progress_interval_s: float = Field(default=0.25, ge=0)
 

@@ -28,6 +28,10 @@ celery = make_celery(settings)
 @functools.lru_cache(maxsize=1)
 def runner() -> JobRunner:
     placement = choose_placement(settings.device, settings.dtype)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     catalog = load_catalog(settings)
     logger.info("worker runs models on %s", placement.describe())
 

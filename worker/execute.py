@@ -36,7 +36,7 @@ def pipeline_for_task(cached: Any, family: str, task: str, scheduler_name: str) 
         cls = getattr(worker.pipelines, TASK_PIPELINES[(family, task)])
     except KeyError:
         raise ValueError(f"no pipeline serves {task!r} for {family!r} models") from None
-    scheduler = build_scheduler(scheduler_name, cached.scheduler.config)
+    scheduler = build_scheduler(scheduler_name, cached.scheduler)
     return cls(**{**cached.components, "scheduler": scheduler})
 
 

@@ -131,9 +131,16 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings) -> di
         "scheduler": scheduler,
         "seed": req.seed if req.seed is not None else secrets.randbelow(2**32),
         "num_images": req.num_images,
-        "strength": req.strength if req.strength is not None else (0.8 if task != "text-to-image" else None),
+        "strength": _strength(req, task),
         "output_format": req.output_format,
     }
+
+
+def _strength(req: JobRequest, task: str) -> float | None:
+    """How much of the input image is re-noised; only image-to-image and inpaint use it."""
+    if task not in ("image-to-image", "inpaint"):
+        return None
+    return req.strength if req.strength is not None else 0.8
 
 
 def _check_inputs(req: JobRequest, task: str) -> None:
