@@ -8,6 +8,7 @@ and lives on the instance, so two jobs never see each other's history.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 
-from worker.configuration import ConfigMixin
+from worker.configuration import DEFAULTED_KEY, ConfigMixin, FrozenConfig
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ def broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
 
 
+@functools.cache
+def _own_keys(cls: type) -> frozenset[str]:
+    return frozenset(cls._init_parameters())
+
+
 class SchedulerMixin(ConfigMixin):
     """Base of all schedulers: config file, compatibles, cloning and step-index bookkeeping."""
 
@@ -93,6 +99,31 @@ class SchedulerMixin(ConfigMixin):
     timesteps: torch.Tensor
 
     # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls: type[S], config: Any = None, **overrides: Any) -> S:
+        """Build from a config dict or another scheduler, carrying keys this class does not take.
+
+        As in Diffusers, keys the source did not consume (e.g. a PNDM config's `clip_sample`)
+        stay in the new scheduler's config, so a later swap to a class that takes them (DDIM)
+        sees the model's value instead of its own default. Keys known to a compatible class are
+        carried silently; only keys no scheduler knows are warned about.
+        """
+        from .registry import SCHEDULER_CLASSES  # the registry imports every scheduler module
+
+        source = getattr(config, "_internal_config", config)
+        raw = dict(source or {})
+        defaulted = set(raw.get(DEFAULTED_KEY) or []) | set(getattr(source, "defaulted", ()))
+        known = cls._init_parameters()
+        sibling_keys = set().union(*(c._init_parameters() for c in SCHEDULER_CLASSES.values()))
+        carried = {k: v for k, v in raw.items() if not k.startswith("_") and k not in known and k not in defaulted}
+        quiet = {k: v for k, v in raw.items() if not (k in carried and k in sibling_keys)}
+        if isinstance(source, FrozenConfig):  # keep the swap-rule bookkeeping of the source
+            quiet = FrozenConfig(quiet, source.source_class, source.defaulted)
+        scheduler = super().from_config(quiet, **overrides)
+        own = scheduler._internal_config
+        scheduler._internal_config = FrozenConfig({**carried, **own}, own.source_class, own.defaulted)
+        return scheduler
 
     @classmethod
     def from_pretrained(
@@ -117,6 +148,14 @@ class SchedulerMixin(ConfigMixin):
         twin = copy.copy(self)
         twin.__dict__.update(self._fresh_state())
         return twin
+
+    def _option(self, key: str, default: Any = None) -> Any:
+        """The config value of a key this class takes, else `default`.
+
+        Configs also carry keys of other schedulers (see `from_config`); those must not change
+        this scheduler's behaviour (a DDPM `thresholding` means nothing to Heun).
+        """
+        return self.config[key] if key in _own_keys(type(self)) else default
 
     def _fresh_state(self) -> dict[str, Any]:
         """Per-job mutable state, reset by `set_timesteps` and `clone`."""

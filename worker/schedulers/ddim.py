@@ -83,7 +83,7 @@ class DDIMScheduler(VPScheduleMixin):
         self._require_timesteps()
         ab_t, ab_prev, _ = self._alpha_bars(int(timestep))
         x0, eps = denoise_vp(self.config.prediction_type, model_output, sample, ab_t**0.5, (1 - ab_t) ** 0.5)
-        x0 = limit_x0(x0, self.config)
+        x0 = limit_x0(x0, self._option)
         if use_clipped_model_output:  # ε consistent with the clipped x̂_0
             eps = (sample - ab_t**0.5 * x0) / (1 - ab_t) ** 0.5
         # σ_t(η)² = η² (1−ᾱ_{t'})/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_{t'})

@@ -133,7 +133,7 @@ class DDPMScheduler(VPScheduleMixin):
         ab_t, ab_prev = self._alpha_bars(t, prev_t)
         beta = 1 - ab_t / ab_prev  # effective β between t and prev_t
         x0 = denoise_vp(self.config.prediction_type, model_output, sample, ab_t**0.5, (1 - ab_t) ** 0.5).x0
-        x0 = limit_x0(x0, self.config)
+        x0 = limit_x0(x0, self._option)
         # μ̃ = √ᾱ_{t'} β / (1−ᾱ_t) · x̂_0 + √(1−β) (1−ᾱ_{t'}) / (1−ᾱ_t) · x_t
         prev = (ab_prev**0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * sample
         if t > 0:

@@ -87,7 +87,7 @@ class DPMSolverSinglestepScheduler(VPSigmaScheduleMixin):
     def _lower_order_final(self, steps: int) -> bool:
         c = self.config
         if not c.lower_order_final and (steps % c.solver_order or c.final_sigmas_type == "zero"):
-            logger.warning("%s: using lower_order_final=True for %d steps (uneven groups or a final σ of 0)",
+            logger.info("%s: using lower_order_final=True for %d steps (uneven groups or a final σ of 0)",
                            type(self).__name__, steps)
             return True
         return c.lower_order_final

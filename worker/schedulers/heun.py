@@ -84,7 +84,7 @@ class HeunDiscreteScheduler(VEScheduleMixin):
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         # The model was evaluated at σ on the first call and at σ_next on the second.
         x0 = limit_x0(denoise_ve(self.config.prediction_type, model_output, sample, sigma if first else sigma_next),
-                      self.config)
+                      self._option)
         if first:
             d = to_d(sample, x0, sigma)
             self.prev_derivative, self.dt, self.sample = d, sigma_next - sigma, sample

@@ -113,7 +113,7 @@ class LCMScheduler(VPScheduleMixin):
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         x0 = limit_x0(denoise_vp(self.config.prediction_type, model_output, sample, ab_t.sqrt(), (1 - ab_t).sqrt()).x0,
-                      self.config)
+                      self._option)
         c_skip, c_out = boundary_scalings(t, self.config.timestep_scaling)
         denoised = c_out * x0 + c_skip * sample
         prev = denoised

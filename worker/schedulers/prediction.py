@@ -11,7 +11,7 @@ Samplers ask this module for x̂_0 or ε̂ and never branch on the prediction ty
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -85,11 +85,14 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
 
 
-def limit_x0(x0: torch.Tensor, config: dict) -> torch.Tensor:
-    """Apply the config's `thresholding` (preferred) or `clip_sample` to x̂_0."""
-    if config.get("thresholding"):
-        return dynamic_threshold(x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
-    if config.get("clip_sample"):
-        r = config.get("clip_sample_range", 1.0)
+def limit_x0(x0: torch.Tensor, option: Callable[[str, Any], Any]) -> torch.Tensor:
+    """Apply the scheduler's `thresholding` (preferred) or `clip_sample` to x̂_0.
+
+    `option(key, default)` reads the scheduler's own config (see `SchedulerMixin._option`).
+    """
+    if option("thresholding", False):
+        return dynamic_threshold(x0, option("dynamic_thresholding_ratio", 0.995), option("sample_max_value", 1.0))
+    if option("clip_sample", False):
+        r = option("clip_sample_range", 1.0)
         return x0.clamp(-r, r)
     return x0

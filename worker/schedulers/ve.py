@@ -38,12 +38,12 @@ class VEScheduleMixin(VPScheduleMixin):
         self._build_tables()
         c = self.config
         self._respacing = sigma_schedule_name(
-            c.get("use_karras_sigmas") or False, c.get("use_exponential_sigmas") or False,
-            c.get("use_beta_sigmas") or False,
+            self._option("use_karras_sigmas") or False, self._option("use_exponential_sigmas") or False,
+            self._option("use_beta_sigmas") or False,
         )
-        check_choice("final_sigmas_type", c.get("final_sigmas_type", "zero"), FINAL_SIGMAS_TYPES)
+        check_choice("final_sigmas_type", self._option("final_sigmas_type", "zero"), FINAL_SIGMAS_TYPES)
         alpha_bar = self.alphas_cumprod
-        if c.get("rescale_betas_zero_snr"):  # keep σ_{T−1} finite: ᾱ_{T−1} = 2^−24, not 0
+        if self._option("rescale_betas_zero_snr"):  # keep σ_{T−1} finite: ᾱ_{T−1} = 2^−24, not 0
             alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
         self._train_sigmas = train_sigmas(alpha_bar)  # (T,) ascending in t
         self._log_sigmas = np.log(self._train_sigmas)
@@ -72,12 +72,12 @@ class VEScheduleMixin(VPScheduleMixin):
         sig = sigmas_at(ts, self._train_sigmas)
         if self._respacing:
             c = self.config
-            sig = respace_sigmas(self._respacing, sig, len(ts), c.get("sigma_min"), c.get("sigma_max"))
+            sig = respace_sigmas(self._respacing, sig, len(ts), self._option("sigma_min"), self._option("sigma_max"))
             ts = sigma_to_t(sig, self._log_sigmas)
         return ts, np.concatenate([sig, [self._final_sigma()]]).astype(np.float32)
 
     def _final_sigma(self) -> float:
-        if self.config.get("final_sigmas_type", "zero") == "sigma_min":
+        if self._option("final_sigmas_type", "zero") == "sigma_min":
             return float(self._train_sigmas[0])
         return 0.0
 

@@ -19,10 +19,10 @@ class VPScheduleMixin(SchedulerMixin):
     def _build_tables(self) -> None:
         c = self.config
         check_prediction_type(c.prediction_type)
-        check_choice("timestep_spacing", c.get("timestep_spacing", "linspace"), TIMESTEP_SPACINGS)
+        check_choice("timestep_spacing", self._option("timestep_spacing", "linspace"), TIMESTEP_SPACINGS)
         self.betas = make_betas(
             c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,
-            c.trained_betas, c.get("rescale_betas_zero_snr", False),
+            c.trained_betas, self._option("rescale_betas_zero_snr", False),
         )
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = alphas_cumprod(self.betas)

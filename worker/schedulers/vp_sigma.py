@@ -40,14 +40,14 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
     def _build_sigma_tables(self) -> None:
         self._build_tables()
         c = self.config
-        if c.get("use_flow_sigmas"):
+        if self._option("use_flow_sigmas"):
             raise ValueError("use_flow_sigmas is not supported; use FlowMatchEulerDiscreteScheduler")
         check_choice("final_sigmas_type", c.final_sigmas_type, FINAL_SIGMAS_TYPES)
         self._respacing = sigma_schedule_name(
-            c.use_karras_sigmas, c.use_exponential_sigmas or c.get("use_lu_lambdas", False), c.use_beta_sigmas
+            c.use_karras_sigmas, c.use_exponential_sigmas or self._option("use_lu_lambdas", False), c.use_beta_sigmas
         )
         alpha_bar = self.alphas_cumprod
-        if c.get("rescale_betas_zero_snr"):  # keep σ_{T−1} finite
+        if self._option("rescale_betas_zero_snr"):  # keep σ_{T−1} finite
             alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
         self._alpha_bar = alpha_bar
         self._train_sigmas = train_sigmas(alpha_bar)
@@ -58,7 +58,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
     def _lambda_clipped_top(self) -> int:
         """Grid top: T minus the timesteps whose λ_t is below `lambda_min_clipped` (if any)."""
         lam = 0.5 * torch.log(self._alpha_bar) - 0.5 * torch.log(1 - self._alpha_bar)
-        clip = self.config.get("lambda_min_clipped", -float("inf"))
+        clip = self._option("lambda_min_clipped", -float("inf"))
         return self.config.num_train_timesteps - int(torch.searchsorted(torch.flip(lam, [0]), clip))
 
     def _vp_grid(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,14 +66,14 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         c = self.config
         n = check_num_steps(num_steps, c.num_train_timesteps)
         ts = timestep_grid(
-            c.get("timestep_spacing", "linspace"), c.num_train_timesteps, n, c.get("steps_offset", 0), drop_last=True,
+            self._option("timestep_spacing", "linspace"), c.num_train_timesteps, n, self._option("steps_offset", 0), drop_last=True,
             last_timestep=self._lambda_clipped_top(),
         )
         final = 0.0
         if self._respacing:
-            sig = respace_sigmas(self._respacing, self._train_sigmas[::-1], n, c.get("sigma_min"), c.get("sigma_max"))
+            sig = respace_sigmas(self._respacing, self._train_sigmas[::-1], n, self._option("sigma_min"), self._option("sigma_max"))
             ts = sigma_to_t(sig, self._log_sigmas)
-            if self._respacing == "karras" or c.get("use_lu_lambdas"):
+            if self._respacing == "karras" or self._option("use_lu_lambdas"):
                 if self._round_respaced_always or c.beta_schedule != "squaredcos_cap_v2":
                     ts = np.round(ts)
             final_min = float(sig[-1]) if self._final_sigma_min_is_grid_end else float(self._train_sigmas[0])
@@ -96,7 +96,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
     def _denoise(self, model_output: torch.Tensor, sample: torch.Tensor) -> Denoised:
         """(x̂_0, ε̂) at the current grid point, with dynamic thresholding of x̂_0 if configured."""
         c = self.config
-        if c.get("variance_type") in ("learned", "learned_range"):
+        if self._option("variance_type") in ("learned", "learned_range"):
             model_output = model_output[:, : sample.shape[1]]  # drop the predicted variance channels
         p = self._point(self._step_index)
         den = denoise_vp(c.prediction_type, model_output, sample, p.alpha, p.sigma)
