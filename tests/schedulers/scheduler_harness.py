@@ -39,7 +39,8 @@ def sample_loop(
     if num_steps is not None:
         set_kwargs["num_inference_steps"] = num_steps
     scheduler.set_timesteps(**set_kwargs)
-    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * getattr(scheduler, "init_noise_sigma", 1.0)  # oracle flow-match has none
+    init_sigma = getattr(scheduler, "init_noise_sigma", 1.0)  # the oracle's flow-match has none
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * init_sigma
     step_kwargs = dict(step_kwargs or {})
     if "generator" in inspect.signature(scheduler.step).parameters:  # some oracles take none
         step_kwargs["generator"] = torch.Generator().manual_seed(seed + 1)

@@ -63,7 +63,8 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
     ) -> None:
         check_choice("time_shift_type", time_shift_type, list(TIME_SHIFTS))
         self._respacing = sigma_schedule_name(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        train = torch.from_numpy(np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy())
+        train = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy()
+        train = torch.from_numpy(train)
         sigmas = train / num_train_timesteps
         sigmas = sigmas if use_dynamic_shifting else shift_sigmas(sigmas, shift)
         self.timesteps = sigmas * num_train_timesteps

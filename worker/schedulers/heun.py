@@ -68,7 +68,8 @@ class HeunDiscreteScheduler(VEScheduleMixin):
         ts, sig = self._grid(num_inference_steps, timesteps, sigmas)
         self.num_inference_steps = len(ts)
         ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float32))
-        self._finish_set_timesteps(repeat_interior(ts_t, keep_last=False), repeat_interior(torch.from_numpy(sig), True), device)
+        sig_t = torch.from_numpy(sig)
+        self._finish_set_timesteps(repeat_interior(ts_t, keep_last=False), repeat_interior(sig_t, True), device)
 
     def step(
         self,
@@ -83,8 +84,8 @@ class HeunDiscreteScheduler(VEScheduleMixin):
         first = self.state_in_first_order
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         # The model was evaluated at σ on the first call and at σ_next on the second.
-        x0 = limit_x0(denoise_ve(self.config.prediction_type, model_output, sample, sigma if first else sigma_next),
-                      self._option)
+        x0 = denoise_ve(self.config.prediction_type, model_output, sample, sigma if first else sigma_next)
+        x0 = limit_x0(x0, self._option)
         if first:
             d = to_d(sample, x0, sigma)
             self.prev_derivative, self.dt, self.sample = d, sigma_next - sigma, sample

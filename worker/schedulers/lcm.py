@@ -112,8 +112,8 @@ class LCMScheduler(VPScheduleMixin):
         prev_t = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else t
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        x0 = limit_x0(denoise_vp(self.config.prediction_type, model_output, sample, ab_t.sqrt(), (1 - ab_t).sqrt()).x0,
-                      self._option)
+        x0 = denoise_vp(self.config.prediction_type, model_output, sample, ab_t.sqrt(), (1 - ab_t).sqrt()).x0
+        x0 = limit_x0(x0, self._option)
         c_skip, c_out = boundary_scalings(t, self.config.timestep_scaling)
         denoised = c_out * x0 + c_skip * sample
         prev = denoised

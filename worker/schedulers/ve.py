@@ -36,18 +36,18 @@ class VEScheduleMixin(VPScheduleMixin):
 
     def _build_sigma_tables(self) -> None:
         self._build_tables()
-        c = self.config
+        option = self._option
         self._respacing = sigma_schedule_name(
-            self._option("use_karras_sigmas") or False, self._option("use_exponential_sigmas") or False,
-            self._option("use_beta_sigmas") or False,
+            option("use_karras_sigmas") or False, option("use_exponential_sigmas") or False,
+            option("use_beta_sigmas") or False,
         )
-        check_choice("final_sigmas_type", self._option("final_sigmas_type", "zero"), FINAL_SIGMAS_TYPES)
+        check_choice("final_sigmas_type", option("final_sigmas_type", "zero"), FINAL_SIGMAS_TYPES)
         alpha_bar = self.alphas_cumprod
-        if self._option("rescale_betas_zero_snr"):  # keep σ_{T−1} finite: ᾱ_{T−1} = 2^−24, not 0
+        if option("rescale_betas_zero_snr"):  # keep σ_{T−1} finite: ᾱ_{T−1} = 2^−24, not 0
             alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
         self._train_sigmas = train_sigmas(alpha_bar)  # (T,) ascending in t
         self._log_sigmas = np.log(self._train_sigmas)
-        self.set_timesteps(c.num_train_timesteps)
+        self.set_timesteps(self.config.num_train_timesteps)
         self.num_inference_steps = None
 
     # -- the σ grid ---------------------------------------------------------------------------
@@ -71,8 +71,8 @@ class VEScheduleMixin(VPScheduleMixin):
             ts = ts.astype(np.float32)
         sig = sigmas_at(ts, self._train_sigmas)
         if self._respacing:
-            c = self.config
-            sig = respace_sigmas(self._respacing, sig, len(ts), self._option("sigma_min"), self._option("sigma_max"))
+            lo, hi = self._option("sigma_min"), self._option("sigma_max")
+            sig = respace_sigmas(self._respacing, sig, len(ts), lo, hi)
             ts = sigma_to_t(sig, self._log_sigmas)
         return ts, np.concatenate([sig, [self._final_sigma()]]).astype(np.float32)
 

@@ -63,25 +63,24 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
 
     def _vp_grid(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(int64 timesteps (n,), float32 σ (n + 1,)) for `num_steps` steps."""
-        c = self.config
+        c, option = self.config, self._option
         n = check_num_steps(num_steps, c.num_train_timesteps)
         ts = timestep_grid(
-            self._option("timestep_spacing", "linspace"), c.num_train_timesteps, n, self._option("steps_offset", 0), drop_last=True,
-            last_timestep=self._lambda_clipped_top(),
+            option("timestep_spacing", "linspace"), c.num_train_timesteps, n, option("steps_offset", 0),
+            drop_last=True, last_timestep=self._lambda_clipped_top(),
         )
-        final = 0.0
+        final_min = float(self._train_sigmas[0])  # σ at t = 0
         if self._respacing:
-            sig = respace_sigmas(self._respacing, self._train_sigmas[::-1], n, self._option("sigma_min"), self._option("sigma_max"))
+            full_range = self._train_sigmas[::-1]  # σ_max … σ_min of training
+            sig = respace_sigmas(self._respacing, full_range, n, option("sigma_min"), option("sigma_max"))
             ts = sigma_to_t(sig, self._log_sigmas)
-            if self._respacing == "karras" or self._option("use_lu_lambdas"):
+            if self._respacing == "karras" or option("use_lu_lambdas"):
                 if self._round_respaced_always or c.beta_schedule != "squaredcos_cap_v2":
                     ts = np.round(ts)
-            final_min = float(sig[-1]) if self._final_sigma_min_is_grid_end else float(self._train_sigmas[0])
+            final_min = float(sig[-1]) if self._final_sigma_min_is_grid_end else final_min
         else:
             sig = sigmas_at(ts, self._train_sigmas)
-            final_min = float(self._train_sigmas[0])
-        if c.final_sigmas_type == "sigma_min":
-            final = final_min
+        final = final_min if c.final_sigmas_type == "sigma_min" else 0.0
         return ts.astype(np.int64), np.concatenate([sig, [final]]).astype(np.float32)
 
     def _finish_set_timesteps(self, timesteps: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
