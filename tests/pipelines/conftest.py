@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 
 from tests.pipelines import tiny
+from tests.pipelines.hubcache import hub_cache  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +37,12 @@ def mask_image():
     mask = np.zeros((32, 32), dtype=np.uint8)
     mask[:, 16:] = 255  # repaint the right half
     return PIL.Image.fromarray(mask)
+
+
+@pytest.fixture(scope="module")
+def ddpm_saved(tmp_path_factory):
+    """(diffusers DDPM pipeline, folder it was saved to)."""
+    ref = tiny.tiny_ddpm_pipeline()
+    folder = tmp_path_factory.mktemp("ddpm")
+    ref.save_pretrained(folder)
+    return ref, folder
