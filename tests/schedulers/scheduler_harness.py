@@ -33,17 +33,25 @@ def sample_loop(
     set_kwargs: dict | None = None,
     model: Callable[[torch.Tensor, Any], torch.Tensor] = stand_in_model,
     interleave: Callable[[], None] | None = None,
+    device: str = "cpu",
+    generator_device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Run a full denoising loop from seeded noise; returns the final sample (float64 check value)."""
+    """Run a full denoising loop from seeded noise and return the final sample.
+
+    The start noise is always drawn on the CPU; step noise comes from a generator on
+    `generator_device` (a CPU generator gives the same numbers whatever `device` is).
+    """
     set_kwargs = dict(set_kwargs or {})
     if num_steps is not None:
         set_kwargs["num_inference_steps"] = num_steps
-    scheduler.set_timesteps(**set_kwargs)
+    scheduler.set_timesteps(**set_kwargs, device=device)
     init_sigma = getattr(scheduler, "init_noise_sigma", 1.0)  # the oracle's flow-match has none
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * init_sigma
+    x = x.to(device=device, dtype=dtype)
     step_kwargs = dict(step_kwargs or {})
     if "generator" in inspect.signature(scheduler.step).parameters:  # some oracles take none
-        step_kwargs["generator"] = torch.Generator().manual_seed(seed + 1)
+        step_kwargs["generator"] = torch.Generator(device=generator_device).manual_seed(seed + 1)
     for t in scheduler.timesteps:
         scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
         out = model(scale(x, t), t)
