@@ -105,3 +105,16 @@ def test_carried_keys_do_not_change_a_class_that_does_not_take_them() -> None:
     assert heun.config.thresholding is True  # carried along for later swaps...
     plain = kiln.HeunDiscreteScheduler.from_config({"beta_end": 0.012})
     torch.testing.assert_close(sample_loop(heun, 6), sample_loop(plain, 6), rtol=0, atol=0)  # ...but unused
+
+
+def test_from_config_of_a_config_applies_the_swap_rule() -> None:
+    euler = kiln.EulerDiscreteScheduler.from_config({"beta_schedule": "scaled_linear", "steps_offset": 1})
+    ddim = kiln.DDIMScheduler.from_config(euler.config)  # Euler took timestep_spacing as a default...
+    assert ddim.config.timestep_spacing == "leading"  # ...so DDIM keeps its own default
+    assert ddim.config.beta_schedule == "scaled_linear" and ddim.config.steps_offset == 1
+    oracle = diffusers.DDIMScheduler.from_config(
+        diffusers.EulerDiscreteScheduler.from_config({"beta_schedule": "scaled_linear", "steps_offset": 1}).config
+    )
+    assert oracle.config.timestep_spacing == "leading"
+    again = kiln.EulerDiscreteScheduler.from_config(euler.config)
+    assert again.config == euler.config
