@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import KilnError
+from shared.errors import KilnError, TooManyRequests, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +19,19 @@ def error_response(code: str, message: str, status: int, field: str | None = Non
     return jsonify({"error": body}), status
 
 
+def _headers(exc: KilnError) -> dict[str, str]:
+    if isinstance(exc, TooManyRequests):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="kiln"'}
+    return {}
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KilnError)
     def _kiln(exc: KilnError):
-        return error_response(exc.code, exc.message, exc.http_status, exc.field)
+        body, status = error_response(exc.code, exc.message, exc.http_status, exc.field)
+        return body, status, _headers(exc)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -66,3 +66,31 @@ class JobCanceled(JobError):
 
 class JobTimeout(JobError):
     code = "timeout"
+
+
+class Unauthorized(KilnError):
+    code, http_status = "unauthorized", 401
+
+
+class Forbidden(KilnError):
+    code, http_status = "forbidden", 403
+
+
+class TooManyRequests(KilnError):
+    """A quota is exhausted; `retry_after` (seconds) becomes the `Retry-After` header."""
+
+    code, http_status = "rate_limited", 429
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(-(-retry_after // 1)))
+
+
+class PayloadTooLarge(KilnError):
+    code, http_status = "payload_too_large", 413
+
+
+class InputRefused(KilnError):
+    """An input image or URL was refused (address not allowed, too big, not an image …)."""
+
+    code, http_status = "input_refused", 422

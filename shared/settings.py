@@ -54,6 +54,41 @@ class Settings(BaseSettings):
     max_num_images: int = Field(default=8, ge=1, le=64)
     max_steps: int = Field(default=150, ge=1, le=1000)
 
+    # Auth: API keys (hashed in Redis). `disabled` is the local single-user mode: every request
+    # acts as one local admin. Only `make up` / the test stack should ever set it.
+    auth: Literal["enabled", "disabled"] = "enabled"
+    bootstrap_admin_key: str | None = Field(
+        default=None, min_length=24, description="a secret registered as an admin key at start")
+
+    # Quotas, per API key: a token bucket on submissions and a cap on queued + running jobs.
+    rate_limit_per_s: float = Field(default=2.0, gt=0, description="submissions refilled per second")
+    rate_limit_burst: int = Field(default=20, ge=1)
+    max_active_jobs: int = Field(default=50, ge=1, description="queued + running jobs per key")
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+
+    # Fair dispatch: jobs wait in per-key lists; a dispatcher moves them round-robin into Celery
+    # while the broker queue holds fewer than this many messages.
+    dispatch_queue_depth: int = Field(default=4, ge=1)
+    dispatch_interval_s: float = Field(default=0.2, gt=0)
+    dispatch_in_api: bool = Field(default=True, description="run dispatcher + webhooks in the API process")
+
+    # Inputs: image uploads and fetches.
+    input_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    input_max_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    fetch_allow_private: bool = Field(default=False, description="allow URLs on private/loopback addresses")
+
+    # Events and webhooks.
+    sse_max_lifetime_s: float = Field(default=600.0, gt=0)
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    sse_max_streams: int = Field(default=64, ge=1, description="open event streams per API process")
+    webhook_secret: str | None = Field(default=None, min_length=16, description="signs every webhook")
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry delay; doubles")
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_on_start: bool = False
+
     # Dispatch: Celery on Redis, at-least-once (see docs/operations.md for the trade-off).
     visibility_timeout_s: int = Field(default=3600, ge=10)
     unacked_restore_interval_s: float = Field(default=5.0, gt=0)
@@ -69,6 +104,8 @@ class Settings(BaseSettings):
     worker_queues: str = "kiln.default"
     torch_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for torch; default: torch's own (all cores)")
+    worker_slots: int = Field(default=8, ge=1, le=256, description="jobs one worker runs at once")
+    max_batch_rows: int = Field(default=16, ge=1, description="most samples in one batched model call")
     pipeline_cache_bytes: int = Field(default=8 * 1024**3, ge=0)
     progress_interval_s: float = Field(default=0.25, ge=0)
 

@@ -1,4 +1,5 @@
-"""Jobs: submit, read, fetch outputs, cancel."""
+"""Jobs: submit, list, read, fetch outputs, cancel. A user reaches only its own jobs; another
+owner's job answers 404, exactly like a job that does not exist."""
 
 from __future__ import annotations
 
@@ -8,60 +9,56 @@ import logging
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from api.app import kiln
-from shared.celery_app import enqueue_job
-from shared.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from shared.ids import is_job_id, new_job_id
+from api.auth import principal
+from api.schemas import JobList, JobView, dump
+from api.submit import submit as submit_job
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.ids import is_job_id
 from shared.jobs.record import Job, Status
-from shared.jobs.schema import parse_request, resolve_request
+from shared.jobs.store import PageQuery, decode_cursor
 from shared.storage import ObjectNotFound
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-
-LOCAL_OWNER = "local"
+STATUSES = [s.value for s in Status]
 
 
 @bp.post("")
 def submit():
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("the request body must be a JSON object (Content-Type: application/json)",
-                         field="body", code="invalid_json")
-    services = kiln()
-    params = resolve_request(parse_request(body), services.catalog, services.settings)
-    spec = services.catalog.get(params["model"])
-    job_id = new_job_id()
-    job = services.store.create(job_id, LOCAL_OWNER, params, spec.celery_queue)
-    try:
-        enqueue_job(services.celery, job_id, spec.celery_queue)
-    except Exception as exc:  # broker down: the job must not linger as queued forever
-        logger.exception("could not enqueue %s", job_id)
-        services.store.cancel(job_id)
-        raise ServiceUnavailable(f"the job queue is unavailable, nothing was run: {exc}") from None
-    response = jsonify(_job_json(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
+    job, created = submit_job(kiln(), principal(), request.headers.get("Idempotency-Key"))
+    response = jsonify(job_json(job))
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+@bp.get("")
+def list_jobs():
+    query = _page_query()
+    jobs, cursor = kiln().store.page(query)
+    return jsonify(dump(JobList, {"jobs": [job_json(job) for job in jobs], "next_cursor": cursor}))
 
 
 @bp.get("/<job_id>")
 def get_job(job_id: str):
-    return jsonify(_job_json(_load(job_id)))
+    return jsonify(job_json(load_job(job_id)))
 
 
 @bp.post("/<job_id>/cancel")
 def cancel(job_id: str):
-    _load(job_id)
+    load_job(job_id)
     answer = kiln().store.cancel(job_id)
     if answer in (Status.SUCCEEDED.value, Status.FAILED.value):
         raise Conflict(f"job {job_id} has already {answer}; it cannot be canceled", code="already_finished")
-    job = _load(job_id)
-    return jsonify(_job_json(job)), 202 if answer == "requested" else 200
+    job = load_job(job_id)
+    return jsonify(job_json(job)), 202 if answer == "requested" else 200
 
 
 @bp.get("/<job_id>/outputs/<int:index>")
 def get_output(job_id: str, index: int):
-    job = _load(job_id)
+    job = load_job(job_id)
     output = next((o for o in job.outputs if o.index == index), None)
     if output is None:
         raise NotFound(f"job {job_id} has no output {index}", field="index")
@@ -77,11 +74,61 @@ def get_output(job_id: str, index: int):
                     headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 
-def _load(job_id: str) -> Job:
+def load_job(job_id: str) -> Job:
+    """The job, if the caller may see it (its owner, or an admin); else 404."""
     job = kiln().store.get(job_id) if is_job_id(job_id) else None
-    if job is None:
+    who = principal()
+    if job is None or (job.owner != who.owner and not who.is_admin):
         raise NotFound(f"no job {job_id!r}", field="job_id")
     return job
+
+
+def _page_query() -> PageQuery:
+    args, who = request.args, principal()
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ValidationFailed(f"status must be one of {STATUSES} (got {status!r})", field="status")
+    owner = args.get("owner") if who.is_admin else who.owner
+    if owner is not None and not 1 <= len(owner) <= 64:
+        raise ValidationFailed("owner must be 1-64 characters", field="owner")
+    cursor = None
+    if args.get("cursor"):
+        cursor = decode_cursor(args["cursor"])
+        if cursor is None:
+            raise ValidationFailed("cursor is not one this API returned", field="cursor")
+    return PageQuery(owner=owner, status=status, model=args.get("model") or None,
+                     since=_time_arg("created_after"), until=_time_arg("created_before"),
+                     cursor=cursor, limit=_int_arg("limit", 20, 1, 100))
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationFailed(f"{name} must be an integer from {low} to {high} (got {raw!r})", field=name)
+    return int(raw)
+
+
+def _time_arg(name: str) -> float | None:
+    """An ISO 8601 time (`2026-01-31T12:00:00Z`) or Unix seconds, as Unix seconds."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationFailed(f"{name} must be an ISO 8601 time or Unix seconds (got {raw!r})",
+                                   field=name) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        value = parsed.timestamp()
+    if not 0 <= value < 1e11:
+        raise ValidationFailed(f"{name} is out of range (got {raw!r})", field=name)
+    return value
 
 
 def _iso(ts: float | None) -> str | None:
@@ -90,9 +137,11 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _job_json(job: Job) -> dict:
+def job_json(job: Job) -> dict:
     total = job.progress_total
-    return {
+    url = job.params.get("webhook_url")
+    webhook = {"url": url, "attempts": kiln().webhooks.attempts(job.id)} if url else None
+    return dump(JobView, {
         "id": job.id,
         "status": job.status.value,
         "model": job.model,
@@ -114,4 +163,5 @@ def _job_json(job: Job) -> dict:
             for o in job.outputs
         ],
         "url": url_for("jobs.get_job", job_id=job.id, _external=True),
-    }
+        "webhook": webhook,
+    })

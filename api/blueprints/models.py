@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.app import kiln
+from api.schemas import ModelList, SchedulerList, dump
 from shared.schedulers import SCHEDULERS
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
@@ -12,7 +13,8 @@ bp = Blueprint("models", __name__, url_prefix="/v1")
 
 @bp.get("/models")
 def list_models():
-    return jsonify({"models": [spec.public() for spec in kiln().catalog], "schedulers": list(SCHEDULERS)})
+    return jsonify(dump(ModelList, {"models": [spec.public() for spec in kiln().catalog],
+                                    "schedulers": list(SCHEDULERS)}))
 
 
 @bp.get("/models/<name>")
@@ -22,9 +24,9 @@ def get_model(name: str):
 
 @bp.get("/schedulers")
 def list_schedulers():
-    return jsonify({
+    return jsonify(dump(SchedulerList, {
         "schedulers": [
             {"name": name, "class": choice.class_name, "description": choice.description}
             for name, choice in SCHEDULERS.items()
         ]
-    })
+    }))

@@ -21,6 +21,7 @@ from shared.settings import Settings
 MAX_SIDE = 2048
 MAX_SEED = 2**63 - 1
 OutputFormat = Literal["png", "jpeg", "webp"]
+URL_PATTERN = r"^https?://[^\s]+$"
 
 
 class JobRequest(BaseModel):
@@ -40,9 +41,16 @@ class JobRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_images: int = Field(default=1, ge=1, le=64)
     strength: float | None = Field(default=None, gt=0, le=1)
-    image: str | None = Field(default=None, max_length=16 * 1024 * 1024, description="base64 PNG/JPEG")
-    mask_image: str | None = Field(default=None, max_length=16 * 1024 * 1024, description="base64 PNG")
+    image: str | None = Field(default=None, max_length=16 * 1024 * 1024,
+                              description="base64 (or data: URL) PNG/JPEG/WebP; or upload it, or give image_url")
+    mask_image: str | None = Field(default=None, max_length=16 * 1024 * 1024,
+                                   description="base64 PNG; white = repaint; or upload it, or give mask_image_url")
+    image_url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN,
+                                  description="http(s) URL the API fetches the input image from")
+    mask_image_url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN)
     output_format: OutputFormat = "png"
+    webhook_url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN,
+                                    description="POSTed a signed event when the job ends")
 
 
 def parse_request(body: Any) -> JobRequest:
@@ -98,8 +106,13 @@ def _expected_type(field: str) -> str:
     return text.replace(" | None", "").replace("Optional[", "").rstrip("]") if text else ""
 
 
-def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings) -> dict[str, Any]:
-    """Apply the model's defaults and the checks that depend on it; return the job's params."""
+def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
+                    uploads: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Apply the model's defaults and the checks that depend on it; return the job's params.
+
+    Input images are not part of the params: the API stores them and adds their storage keys.
+    `uploads` names the images that came as multipart files rather than JSON fields.
+    """
     model_name = req.model or catalog.names()[0]
     if model_name not in catalog:
         raise ValidationFailed(f"unknown model {model_name!r}; available: {catalog.names()}", field="model")
@@ -107,7 +120,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings) -> di
     task = req.task or spec.tasks[0]
     if task not in spec.tasks:
         raise ValidationFailed(f"model {spec.name!r} does not do {task!r}; it does {list(spec.tasks)}", field="task")
-    _check_inputs(req, task)
+    _check_inputs(req, task, uploads)
     width, height = _resolve_size(req, spec.default_width, spec.default_height, spec.fixed_size, settings)
     steps = req.steps if req.steps is not None else spec.default_steps
     if steps > settings.max_steps:
@@ -133,6 +146,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings) -> di
         "num_images": req.num_images,
         "strength": _strength(req, task),
         "output_format": req.output_format,
+        **({"webhook_url": req.webhook_url} if req.webhook_url else {}),
     }
 
 
@@ -143,7 +157,13 @@ def _strength(req: JobRequest, task: str) -> float | None:
     return req.strength if req.strength is not None else 0.8
 
 
-def _check_inputs(req: JobRequest, task: str) -> None:
+def given_inputs(req: JobRequest, uploads: frozenset[str] = frozenset()) -> dict[str, int]:
+    """How many ways each input image was given (upload, base64, URL); more than one is an error."""
+    return {name: (name in uploads) + (getattr(req, name) is not None) + (getattr(req, f"{name}_url") is not None)
+            for name in ("image", "mask_image")}
+
+
+def _check_inputs(req: JobRequest, task: str, uploads: frozenset[str] = frozenset()) -> None:
     needs_prompt = task != "unconditional"
     if needs_prompt and not req.prompt:
         raise ValidationFailed(f"prompt is required for {task}", field="prompt")
@@ -151,15 +171,21 @@ def _check_inputs(req: JobRequest, task: str) -> None:
         for name in ("prompt", "negative_prompt"):
             if getattr(req, name) is not None:
                 raise ValidationFailed(f"{name} is not used by {task}; leave it out", field=name)
-    if task in ("image-to-image", "inpaint") and not req.image:
-        raise ValidationFailed(f"image is required for {task}", field="image")
-    if task == "inpaint" and not req.mask_image:
-        raise ValidationFailed("mask_image is required for inpaint", field="mask_image")
+    given = given_inputs(req, uploads)
+    for name, count in given.items():
+        if count > 1:
+            raise ValidationFailed(f"give {name} one way only: an upload, base64 or {name}_url", field=name)
+    if task in ("image-to-image", "inpaint") and not given["image"]:
+        raise ValidationFailed(f"image (or image_url, or an upload) is required for {task}", field="image")
+    if task == "inpaint" and not given["mask_image"]:
+        raise ValidationFailed("mask_image (or mask_image_url, or an upload) is required for inpaint",
+                               field="mask_image")
     if task not in ("image-to-image", "inpaint"):
-        for name in ("image", "strength"):
-            if getattr(req, name) is not None:
-                raise ValidationFailed(f"{name} is only used by image-to-image and inpaint", field=name)
-    if task != "inpaint" and req.mask_image is not None:
+        if given["image"]:
+            raise ValidationFailed("image is only used by image-to-image and inpaint", field="image")
+        if req.strength is not None:
+            raise ValidationFailed("strength is only used by image-to-image and inpaint", field="strength")
+    if task != "inpaint" and given["mask_image"]:
         raise ValidationFailed("mask_image is only used by inpaint", field="mask_image")
 
 

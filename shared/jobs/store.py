@@ -6,7 +6,9 @@ workers and reapers never see or make a half-done transition.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -74,12 +76,52 @@ class JobStore:
         key = f"{self.prefix}:jobs:status:{status.value}" if status else f"{self.prefix}:jobs:all"
         return self.redis.zrevrange(key, offset, offset + limit - 1)
 
+    def page(self, query: "PageQuery") -> tuple[list[Job], str | None]:
+        """One page of jobs, newest first, from one index, and the cursor of the next page.
+
+        The index is the owner's (when given), else the status's, else all jobs; the other
+        filters are applied to the records read. At most `query.max_scan` index entries are read
+        per page, so a page costs O(limit) even when few jobs match; a short page with a cursor
+        means "keep going".
+        """
+        if query.owner:
+            key = f"{self.prefix}:jobs:owner:{query.owner}"
+        elif query.status:
+            key = f"{self.prefix}:jobs:status:{query.status}"
+        else:
+            key = f"{self.prefix}:jobs:all"
+        top = query.cursor[0] if query.cursor else (query.until if query.until is not None else "+inf")
+        bottom = query.since if query.since is not None else "-inf"
+        entries = self.redis.zrevrangebyscore(key, top, bottom, start=0, num=query.max_scan + 1, withscores=True)
+        if query.cursor:  # same score as the cursor: only ids after it (members sort by id, reversed)
+            entries = [(i, sc) for i, sc in entries if sc < query.cursor[0] or i < query.cursor[1]]
+        consumed, jobs = 0, []
+        for (job_id, _), raw in zip(entries[:query.max_scan], self._hashes([i for i, _ in entries[:query.max_scan]])):
+            if len(jobs) == query.limit:
+                break
+            consumed += 1
+            job = Job.from_hash(raw) if raw else None
+            if job and query.matches(job):
+                jobs.append(job)
+        if consumed == 0 or consumed == len(entries):
+            return jobs, None
+        job_id, score = entries[consumed - 1]
+        return jobs, encode_cursor(score, job_id)
+
+    def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self.job_key(job_id))
+        return pipe.execute() if ids else []
+
     def lease_holder(self, job_id: str) -> str | None:
         return self.redis.get(self.lease_key(job_id))
 
     # Transitions ------------------------------------------------------------------------------
-    def create(self, job_id: str, owner: str, params: dict[str, Any], queue: str) -> Job:
-        fields = {"id": job_id, "owner": owner, "model": params["model"], "queue": queue,
+    def create(self, job_id: str, owner: str, params: dict[str, Any], queue: str,
+               extra: dict[str, str] | None = None) -> Job:
+        """Create a queued job; `extra` adds plain fields to the record (the API key id)."""
+        fields = {**(extra or {}), "id": job_id, "owner": owner, "model": params["model"], "queue": queue,
                   "params": json.dumps(params, sort_keys=True)}
         created = self._call(self._create, job_id, *_flatten(fields))
         if not created:
@@ -144,6 +186,39 @@ class JobStore:
                 if not self.redis.exists(self.job_key(job_id)):
                     removed += self.redis.zrem(key, job_id)
         return removed
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """What `JobStore.page` lists: filters, an optional cursor `(score, job id)`, a page size."""
+
+    owner: str | None = None
+    status: str | None = None
+    model: str | None = None
+    since: float | None = None
+    until: float | None = None
+    cursor: tuple[float, str] | None = None
+    limit: int = 50
+    max_scan: int = 500
+
+    def matches(self, job: Job) -> bool:
+        return ((self.status is None or job.status.value == self.status)
+                and (self.model is None or job.model == self.model)
+                and (self.owner is None or job.owner == self.owner))
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r} {job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str] | None:
+    """The `(score, job id)` in a cursor, or None when it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = text.split(" ", 1)
+        return (float(score), job_id) if math.isfinite(float(score)) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _flatten(fields: dict[str, Any]) -> list[str]:

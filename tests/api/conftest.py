@@ -9,8 +9,9 @@ from shared.settings import load_settings
 
 @pytest.fixture
 def settings(redis_url, tmp_path):
+    """Local single-user mode: these tests are about validation, not keys (see test_auth.py)."""
     return load_settings(redis_url=redis_url, storage="local", storage_root=tmp_path / "outputs",
-                         models_dir=tmp_path / "models")
+                         models_dir=tmp_path / "models", auth="disabled")
 
 
 @pytest.fixture

@@ -86,7 +86,8 @@ def test_missing_prompt_where_needed(redis_url, tmp_path, redis_keys):
     catalog.write_text(json.dumps({"models": [
         {"name": "sd-tiny", "source": str(tmp_path), "family": "sd", "default_width": 64, "default_height": 64}
     ]}))
-    app = create_app(load_settings(redis_url=redis_url, models_file=catalog, storage_root=tmp_path / "o"))
+    app = create_app(load_settings(redis_url=redis_url, models_file=catalog, storage_root=tmp_path / "o",
+                                   auth="disabled"))
     before = redis_keys()
     response = app.test_client().post("/v1/jobs", json={"model": "sd-tiny"})
     assert response.status_code == 422

@@ -1,0 +1,148 @@
+"""Response and admin-request schemas. Handlers build responses through these models and the
+OpenAPI document is generated from them (and from `JobRequest`), so the two cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    fraction: float
+
+
+class OutputView(BaseModel):
+    index: int
+    url: str = Field(description="an API URL; it answers with the image or redirects to a presigned URL")
+    content_type: str
+    width: int
+    height: int
+    seed: int
+    size: int
+
+
+class WebhookAttempt(BaseModel):
+    event: str
+    attempt: int
+    at: float
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None
+    duration_s: float
+
+
+class WebhookView(BaseModel):
+    url: str
+    attempts: list[WebhookAttempt]
+
+
+class JobView(BaseModel):
+    id: str
+    status: JobStatus
+    model: str
+    params: dict[str, Any]
+    progress: Progress
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    worker: str | None
+    cancel_requested: bool
+    error: dict[str, str] | None
+    timings: dict[str, float]
+    outputs: list[OutputView]
+    url: str
+    webhook: WebhookView | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class KeyCreate(BaseModel):
+    """The body of `POST /v1/keys`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["user", "admin"] = "user"
+    name: str = Field(default="", max_length=100)
+    owner: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                              description="tenant id; keys with one owner share jobs (default: the key id)")
+
+
+class KeyUsage(BaseModel):
+    requests: int
+    submissions: int
+
+
+class KeyView(BaseModel):
+    id: str
+    name: str
+    role: Literal["user", "admin"]
+    owner: str
+    created_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+    usage: KeyUsage
+
+
+class KeyCreated(KeyView):
+    secret: str = Field(description="the bearer token; shown once, store it now")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyView]
+
+
+class Me(BaseModel):
+    key_id: str
+    owner: str
+    role: Literal["user", "admin"]
+    webhook_secret: str = Field(description="verifies the Kiln-Signature of this key's webhooks")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+class ModelView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    tasks: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelView]
+    schedulers: list[str]
+
+
+class SchedulerView(BaseModel):
+    name: str
+    class_: str = Field(alias="class")
+    description: str
+
+
+class SchedulerList(BaseModel):
+    schedulers: list[SchedulerView]
+
+
+def dump(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Validate a response against its schema and return it as JSON-ready data."""
+    return model.model_validate(data).model_dump(mode="json", by_alias=True, exclude_none=False)

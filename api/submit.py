@@ -1,0 +1,128 @@
+"""Job submission: read the request (JSON or multipart), validate, apply idempotency and quotas,
+store input images, create the record and queue it fairly."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from flask import request
+
+from api.app import Services
+from shared import safehttp
+from shared.auth import Principal
+from shared.errors import BadRequest, Conflict, ValidationFailed
+from shared.idempotency import body_hash
+from shared.ids import new_job_id
+from shared.inputs import INPUT_KEYS, Limits, decode_base64, fetch, input_key, normalize
+from shared.jobs.record import Job
+from shared.jobs.schema import JobRequest, parse_request, resolve_request
+
+UPLOAD_FIELDS = ("image", "mask_image")
+
+
+@dataclass(frozen=True)
+class Submission:
+    request: JobRequest
+    uploads: dict[str, bytes]
+    digest: str
+
+
+def read_submission(limits: Limits) -> Submission:
+    """The request body as JSON, or multipart: a `request` part (JSON) plus image file parts."""
+    if request.mimetype == "multipart/form-data":
+        body, uploads = _multipart(limits)
+    else:
+        body, uploads = request.get_json(silent=True), {}
+        if body is None:
+            raise BadRequest("the request body must be a JSON object (Content-Type: application/json) "
+                             "or multipart/form-data", field="body", code="invalid_json")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    digest = body_hash(canonical, *(uploads.get(name, b"") for name in UPLOAD_FIELDS))
+    return Submission(parse_request(body), uploads, digest)
+
+
+def _multipart(limits: Limits) -> tuple[object, dict[str, bytes]]:
+    unknown = sorted(set(request.files) - set(UPLOAD_FIELDS)) + sorted(set(request.form) - {"request"})
+    if unknown:
+        raise ValidationFailed(f"unknown multipart part {unknown[0]!r}; allowed: request, image, mask_image",
+                               field=unknown[0])
+    try:
+        body = json.loads(request.form.get("request") or "{}")
+    except ValueError:
+        raise BadRequest("the multipart part 'request' must hold a JSON object", field="request",
+                         code="invalid_json") from None
+    uploads = {name: request.files[name].read(limits.max_bytes + 1) for name in UPLOAD_FIELDS
+               if name in request.files}
+    return body, uploads
+
+
+def submit(services: Services, who: Principal, idempotency_key: str | None) -> tuple[Job, bool]:
+    """Create the job (or find the one this idempotency key made); returns (job, created)."""
+    settings = services.settings
+    limits = Limits(settings.input_max_bytes, settings.input_max_pixels)
+    sub = read_submission(limits)
+    params = resolve_request(sub.request, services.catalog, settings, frozenset(sub.uploads))
+    job_id = new_job_id()
+    if idempotency_key is not None:
+        claim = services.idempotency.claim(who.key_id, idempotency_key, sub.digest, job_id)
+        if not claim.fresh:
+            return _replayed(services, claim.job_id), False
+    try:
+        job = _create(services, who, job_id, params, sub, limits)
+    except Exception:
+        if idempotency_key is not None:
+            services.idempotency.release(who.key_id, idempotency_key, job_id)
+        raise
+    return job, True
+
+
+def _create(services: Services, who: Principal, job_id: str, params: dict, sub: Submission,
+            limits: Limits) -> Job:
+    services.quotas.take_token(who.key_id)
+    services.quotas.admit(who.key_id, job_id)
+    try:
+        params.update(_store_inputs(services, job_id, sub, limits))
+        queue = services.catalog.get(params["model"]).celery_queue
+        job = services.store.create(job_id, who.owner, params, queue, extra={"key_id": who.key_id})
+    except Exception:
+        services.quotas.release(who.key_id, job_id)
+        raise
+    services.fair.push(queue, who.key_id, job_id)
+    if params.get("webhook_url"):
+        services.webhooks.watch(job_id)
+    services.keys.count_submission(who.key_id)
+    return job
+
+
+def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limits) -> dict[str, str]:
+    """Validate each given input image, store it as PNG, return `{image_key|mask_key: key}`."""
+    settings = services.settings
+    policy = safehttp.Policy(timeout_s=settings.fetch_timeout_s, max_bytes=limits.max_bytes,
+                             max_redirects=settings.fetch_max_redirects, allow_private=settings.fetch_allow_private)
+    keys = {}
+    for field, param in INPUT_KEYS.items():
+        if field in sub.uploads:
+            data = sub.uploads[field]
+        elif getattr(sub.request, field) is not None:
+            data = decode_base64(getattr(sub.request, field), field, limits)
+        elif getattr(sub.request, f"{field}_url") is not None:
+            data = fetch(getattr(sub.request, f"{field}_url"), f"{field}_url", policy)
+        else:
+            continue
+        key = input_key(job_id, field)
+        services.storage.put(key, normalize(data, field, limits), "image/png")
+        keys[param] = key
+    return keys
+
+
+def _replayed(services: Services, job_id: str, wait_s: float = 5.0) -> Job:
+    """The job an earlier request with this idempotency key created (it may still be creating)."""
+    deadline = time.monotonic() + wait_s
+    while (job := services.store.get(job_id)) is None:
+        if time.monotonic() > deadline:
+            raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly",
+                           field="Idempotency-Key", code="idempotency_key_in_use")
+        time.sleep(0.05)
+    return job
