@@ -115,7 +115,7 @@ class SchedulerMixin(ConfigMixin):
         raw = dict(source or {})
         defaulted = set(raw.get(DEFAULTED_KEY) or []) | set(getattr(source, "defaulted", ()))
         known = cls._init_parameters()
-        sibling_keys = set().union(*(c._init_parameters() for c in SCHEDULER_CLASSES.values()))
+        sibling_keys = set().union(*(_own_keys(c) for c in SCHEDULER_CLASSES.values()))
         carried = {k: v for k, v in raw.items() if not k.startswith("_") and k not in known and k not in defaulted}
         quiet = {k: v for k, v in raw.items() if not (k in carried and k in sibling_keys)}
         if isinstance(source, FrozenConfig):  # keep the swap-rule bookkeeping of the source
