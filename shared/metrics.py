@@ -45,8 +45,11 @@ WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
 WORKER_INFO = Gauge(
     "worker_info", "Constant 1 per worker process; labels say who and on what it runs",
     ["worker_id", "device", "dtype", "queues"], namespace=NAMESPACE, registry=WORKER_REGISTRY)
-WORKER_BUSY = Gauge(
-    "worker_busy", "1 while this worker runs a job, else 0", namespace=NAMESPACE, registry=WORKER_REGISTRY)
+WORKER_RUNNING = Gauge(
+    "worker_running_jobs", "Jobs this worker is running now", namespace=NAMESPACE, registry=WORKER_REGISTRY)
+WORKER_SLOTS = Gauge(
+    "worker_slots", "Jobs this worker can run at once (KILN_WORKER_SLOTS)", namespace=NAMESPACE,
+    registry=WORKER_REGISTRY)
 JOBS_STARTED = Counter(
     "worker_jobs_started", "Jobs this worker started (a retry counts again)", ["model"],
     namespace=NAMESPACE, registry=WORKER_REGISTRY)
@@ -83,18 +86,18 @@ def _status_value(status: Status | str) -> str:
     return status.value if isinstance(status, Status) else str(status)
 
 
-def describe_worker(worker_id: str, device: str, dtype: str, queues: str) -> None:
-    """Publish `kiln_worker_info` once the worker knows its placement."""
+def describe_worker(worker_id: str, device: str, dtype: str, queues: str, slots: int) -> None:
+    """Publish `kiln_worker_info` and `kiln_worker_slots` once the worker knows its placement."""
     WORKER_INFO.labels(worker_id=worker_id, device=device, dtype=dtype, queues=queues).set(1)
-    WORKER_BUSY.set(0)
+    WORKER_SLOTS.set(slots)
 
 
 def observe_job_started(job: Any, now: float | None = None) -> None:
-    """A run of `job` (a `shared.jobs.record.Job`) begins: queue wait, busy flag."""
+    """A run of `job` (a `shared.jobs.record.Job`) begins: queue wait, running jobs."""
     now = time.time() if now is None else now
     JOBS_STARTED.labels(model=job.model).inc()
     QUEUE_WAIT.labels(model=job.model).observe(max(0.0, now - job.created_at))
-    WORKER_BUSY.set(1)
+    WORKER_RUNNING.inc()
 
 
 def observe_job_finished(job: Any, status: Status | str, timings: dict[str, float]) -> None:
@@ -112,7 +115,7 @@ def observe_job_finished(job: Any, status: Status | str, timings: dict[str, floa
         RUN_TIME.labels(model=model, status=value).observe(total)
     if "load_s" in timings:
         LOAD_TIME.labels(model=model).observe(timings["load_s"])
-    WORKER_BUSY.set(0)
+    WORKER_RUNNING.dec()
 
 
 def observe_step(batch_size: int, seconds: float) -> None:
@@ -206,16 +209,20 @@ class ClusterCollector(Collector):
         broker: a Redis client on the Celery broker, or None when the broker is not Redis.
         queues: a callable returning the Celery queue names to measure (Celery's Redis
             transport keeps each queue as a Redis list of that name).
+        fair: a `shared.fairqueue.FairQueue`, whose per-key lists hold the jobs not yet sent to
+            Celery, or None.
     """
 
-    def __init__(self, store: Any, broker: Any, queues: Callable[[], Iterable[str]]) -> None:
-        self.store, self.broker, self.queues = store, broker, queues
+    def __init__(self, store: Any, broker: Any, queues: Callable[[], Iterable[str]], fair: Any = None) -> None:
+        self.store, self.broker, self.queues, self.fair = store, broker, queues, fair
 
     def collect(self) -> Iterator[Any]:
         try:
             families = [self._jobs(), self._oldest_queued()]
             if self.broker is not None:
                 families.append(self._queue_depth())
+            if self.fair is not None:
+                families.append(self._waiting())
             up = 1
         except redis.RedisError as exc:  # a scrape must still answer, saying Redis is down
             logger.warning("metrics: Redis unavailable: %s", exc)
@@ -238,6 +245,13 @@ class ClusterCollector(Collector):
             depth.add_metric([queue], self.broker.llen(queue))
         return depth
 
+    def _waiting(self) -> GaugeMetricFamily:
+        waiting = GaugeMetricFamily(f"{NAMESPACE}_queue_waiting",
+                                    "Jobs waiting for fair dispatch into a Celery queue", labels=["queue"])
+        for queue in sorted(set(self.queues()) | set(self.fair.queues())):
+            waiting.add_metric([queue], self.fair.waiting(queue))
+        return waiting
+
     def _oldest_queued(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"{NAMESPACE}_oldest_queued_job_age_seconds",
                                  "Age of the oldest job still queued (0 when none is)",
@@ -249,8 +263,9 @@ class ClusterCollector(Collector):
         return max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
 
 
-def cluster_registry(store: Any, broker: Any, queues: Callable[[], Iterable[str]]) -> CollectorRegistry:
+def cluster_registry(store: Any, broker: Any, queues: Callable[[], Iterable[str]],
+                     fair: Any = None) -> CollectorRegistry:
     """A registry holding only the cluster-state collector (what the API's `/metrics` serves)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(store, broker, queues))
+    registry.register(ClusterCollector(store, broker, queues, fair))
     return registry

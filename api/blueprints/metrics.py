@@ -1,6 +1,7 @@
 """`GET /metrics`: cluster state in the Prometheus text format.
 
-Jobs by status and the depth of every Celery queue are read from Redis at scrape time, so each
+Jobs by status, the jobs waiting for fair dispatch and the depth of every Celery queue are read
+from Redis at scrape time, so each
 gunicorn process answers the same numbers. Scrape it inside the cluster: the Ingress in
 `infra/k8s` does not route `/metrics`.
 """
@@ -38,7 +39,8 @@ def _registry() -> CollectorRegistry:
         services = kiln()
         catalog_queues = _queues()
         broker = _broker_client(services.settings.celery_broker_url)
-        registry = cluster_registry(services.store, broker, lambda: catalog_queues)
+        registry = cluster_registry(services.store, broker, lambda: catalog_queues,
+                                    getattr(services, "fair", None))
         current_app.extensions[_REGISTRY_KEY] = registry
     return registry
 

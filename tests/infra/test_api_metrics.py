@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.blueprints import metrics as metrics_blueprint
+from shared.fairqueue import FairQueue
 from shared.jobs.record import Status
 from shared.jobs.store import JobStore
 from shared.settings import load_settings
@@ -17,14 +18,18 @@ from shared.settings import load_settings
 PARAMS = {"model": "kiln-ddpm-tiny", "task": "unconditional", "seed": 1}
 
 
-@pytest.fixture
-def client(redis_url, tmp_path):
+def make_client(redis_url, tmp_path, auth: str):
     settings = load_settings(redis_url=redis_url, storage="local", storage_root=tmp_path / "outputs",
-                             models_dir=tmp_path / "models")
+                             models_dir=tmp_path / "models", auth=auth)
     app = create_app(settings)
     if "metrics" not in app.blueprints:  # until create_app registers it
         app.register_blueprint(metrics_blueprint.bp)
     return app.test_client()
+
+
+@pytest.fixture
+def client(redis_url, tmp_path):
+    return make_client(redis_url, tmp_path, "disabled")
 
 
 @pytest.fixture
@@ -56,7 +61,18 @@ def test_empty_cluster_reads_zero(client):
     assert samples[("kiln_redis_up", ())] == 1
     assert all(jobs(samples, status.value) == 0 for status in Status)
     assert depth(samples) == 0
+    assert samples[("kiln_queue_waiting", (("queue", "kiln.default"),))] == 0
     assert samples[("kiln_oldest_queued_job_age_seconds", ())] == 0
+
+
+def test_fair_queue_backlog_is_counted_per_queue(client, redis_url):
+    fair = FairQueue(redis.Redis.from_url(redis_url, decode_responses=True), "kiln")
+    fair.push("kiln.default", "key-a", "job1")
+    fair.push("kiln.default", "key-b", "job2")
+    fair.push("kiln.big", "key-a", "job3")
+    samples = scrape(client)
+    assert samples[("kiln_queue_waiting", (("queue", "kiln.default"),))] == 2
+    assert samples[("kiln_queue_waiting", (("queue", "kiln.big"),))] == 1
 
 
 def test_values_follow_jobs_through_their_states(client, store, redis_url):
@@ -88,3 +104,10 @@ def test_redis_down_still_answers(client, store, redis_url, monkeypatch):
     samples = scrape(client)
     assert samples[("kiln_redis_up", ())] == 0
     assert not any(name == "kiln_jobs" for name, _ in samples)
+
+
+def test_metrics_needs_no_api_key(redis_url, tmp_path):
+    """Prometheus scrapes without a key; the Ingress does not route /metrics to the outside."""
+    client = make_client(redis_url, tmp_path, "enabled")
+    assert client.get("/v1/jobs").status_code == 401
+    assert scrape(client)[("kiln_redis_up", ())] == 1

@@ -51,11 +51,16 @@ def value(samples, name: str, **labels) -> float:
 def test_job_hooks_move_histograms_and_counters(server):
     job = SimpleNamespace(model="m-hooks", created_at=time.time() - 2.0, started_at=None)
     before = scrape(server)
+    metrics.describe_worker("w-1", "cpu", "float32", "kiln.default", slots=8)
     metrics.observe_job_started(job)
-    assert value(scrape(server), "kiln_worker_busy") == 1
+    during = scrape(server)
+    assert value(during, "kiln_worker_running_jobs") - value(before, "kiln_worker_running_jobs") == 1
+    assert value(during, "kiln_worker_slots") == 8
+    assert value(during, "kiln_worker_info", worker_id="w-1", device="cpu", dtype="float32",
+                 queues="kiln.default") == 1
     metrics.observe_job_finished(job, Status.SUCCEEDED, {"load_s": 0.3, "total_s": 1.5})
     after = scrape(server)
-    assert value(after, "kiln_worker_busy") == 0
+    assert value(after, "kiln_worker_running_jobs") == value(before, "kiln_worker_running_jobs")
     wait_count = value(after, "kiln_job_queue_wait_seconds_count", model="m-hooks")
     assert wait_count - value(before, "kiln_job_queue_wait_seconds_count", model="m-hooks") == 1
     assert value(after, "kiln_job_queue_wait_seconds_sum", model="m-hooks") >= 2.0
