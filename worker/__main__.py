@@ -14,8 +14,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = [
         "worker",
-        "--pool=solo",
-        "--concurrency=1",
+        # Threads: each takes one job and runs it in the model's shared step batch.
+        "--pool=threads",
+        f"--concurrency={settings.worker_slots}",
         f"--queues={settings.worker_queues}",
         f"--hostname=kiln-{os.getpid()}@%h",
         "--without-gossip",

@@ -16,6 +16,7 @@ from shared.catalog import load_catalog
 from shared.celery_app import RUN_JOB_TASK, make_celery
 from shared.settings import get_settings
 from worker.device import choose_placement
+from worker.execute import load_model
 from worker.pipeline_cache import PipelineCache
 from worker.reaper import Reaper
 from worker.runner import JobRunner, new_worker_id
@@ -42,7 +43,7 @@ def runner() -> JobRunner:
         pipe = DiffusionPipeline.from_pretrained(
             spec.source, torch_dtype=placement.dtype, revision=spec.revision, variant=spec.variant
         )
-        return pipe.to(placement.device)
+        return load_model(name, pipe.to(placement.device), settings.max_batch_rows)
 
     cache = PipelineCache(load, settings.pipeline_cache_bytes)
     return JobRunner(settings, services.job_store(settings), services.storage(settings), catalog, cache,

@@ -1,22 +1,23 @@
-"""Run one job's parameters through a loaded pipeline and return its images.
+"""Run one job's parameters through a loaded model and return its images.
 
-Each task maps to the pipeline class that serves it, built over the cached pipeline's
-components (a view: no copy) with a scheduler of the job's own, so concurrent jobs never share
-step state.
+Each task maps to the pipeline class that serves it, built over the loaded pipeline's components
+(a view: no copy) with a scheduler of the job's own and the model's denoiser behind the step
+batcher, so concurrent jobs share model calls but never step state.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from PIL import Image
 
+from worker.batching import BatchedModule, Session, StepBatcher
 from worker.schedulers import build_scheduler
 
 # Called after every denoising step with (step, total); may raise to stop the job.
 StepHook = Callable[[int, int], None]
-
 
 # (model family, task) → name of the pipeline class in `worker.pipelines` that serves it.
 TASK_PIPELINES: dict[tuple[str, str], str] = {
@@ -28,55 +29,88 @@ TASK_PIPELINES: dict[tuple[str, str], str] = {
 }
 
 
-def pipeline_for_task(cached: Any, family: str, task: str, scheduler_name: str) -> Any:
-    """A pipeline of the class serving `task`, sharing `cached`'s components."""
+@dataclass
+class LoadedModel:
+    """A pipeline held by the cache, with the batcher its jobs share."""
+
+    name: str
+    pipeline: Any
+    batcher: StepBatcher
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return self.pipeline.components
+
+
+def load_model(name: str, pipeline: Any, max_rows: int) -> LoadedModel:
+    return LoadedModel(name, pipeline, StepBatcher(pipeline.unet, max_rows=max_rows, name=name))
+
+
+def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler_name: str,
+                      session: Session | None = None) -> Any:
+    """A pipeline of the class serving `task`, sharing `loaded`'s components; with a session,
+    its denoiser calls go through the model's step batcher."""
     import worker.pipelines
 
     try:
         cls = getattr(worker.pipelines, TASK_PIPELINES[(family, task)])
     except KeyError:
         raise ValueError(f"no pipeline serves {task!r} for {family!r} models") from None
-    scheduler = build_scheduler(scheduler_name, cached.scheduler)
-    return cls(**{**cached.components, "scheduler": scheduler})
+    components = dict(loaded.components)
+    components["scheduler"] = build_scheduler(scheduler_name, loaded.pipeline.scheduler)
+    if session is not None:
+        components["unet"] = BatchedModule(loaded.pipeline.unet, session)
+    return cls(**components)
 
 
 def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
     """How many denoising steps (model calls) the job will make: schedulers of order 2 such as
     Heun interleave extra timesteps, and image-to-image skips the first `1 - strength`."""
     probe = scheduler.clone()
-    probe.set_timesteps(params["steps"])
+    steps = params["steps"]
+    probe.set_timesteps(steps)
     total = len(probe.timesteps)
     if params.get("strength") is not None and params["task"] in ("image-to-image", "inpaint"):
-        total = max(1, round(total * params["strength"]))
-    return total
+        kept = min(int(steps * params["strength"]), steps)
+        total -= (steps - kept) * probe.order
+    return max(total, 1)
 
 
-def run_params(pipe: Any, params: dict[str, Any], on_step: StepHook) -> list[Image.Image]:
-    """Call the pipeline with the job's parameters; the generator is seeded on the CPU so a
-    seed gives the same image on every device."""
-    generator = torch.Generator("cpu").manual_seed(params["seed"])
-    total = planned_steps(pipe.scheduler, params)
-
-    def callback(_pipe: Any, step: int, _t: Any, kwargs: dict) -> dict:
-        on_step(min(step + 1, total), total)
-        return kwargs
-
-    kwargs: dict[str, Any] = {
-        "num_inference_steps": total,
-        "generator": generator,
-        "output_type": "pil",
-        "callback_on_step_end": callback,
-    }
+def call_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline call's arguments for a job's parameters (the generator is added later)."""
+    kwargs: dict[str, Any] = {"num_inference_steps": params["steps"], "output_type": "pil"}
     if params["task"] == "unconditional":
         kwargs["batch_size"] = params["num_images"]
+        return kwargs
+    kwargs.update(
+        prompt=params["prompt"],
+        negative_prompt=params.get("negative_prompt"),
+        num_images_per_prompt=params["num_images"],
+        guidance_scale=params["guidance_scale"],
+    )
+    if params["task"] == "text-to-image":
+        kwargs.update(width=params["width"], height=params["height"])
     else:
-        kwargs.update(
-            prompt=params["prompt"],
-            negative_prompt=params.get("negative_prompt"),
-            num_images_per_prompt=params["num_images"],
-            guidance_scale=params["guidance_scale"],
-            width=params["width"],
-            height=params["height"],
-        )
-    with torch.inference_mode():
-        return list(pipe(**kwargs).images)
+        kwargs["strength"] = params["strength"]
+    return kwargs
+
+
+def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step: StepHook,
+               inputs: dict[str, Image.Image] | None = None) -> list[Image.Image]:
+    """Run a job in the model's shared batch. The generator is seeded on the CPU so a seed
+    gives the same image on every device."""
+    with loaded.batcher.session() as session:
+        pipe = pipeline_for_task(loaded, family, params["task"], params["scheduler"], session)
+        total = planned_steps(pipe.scheduler, params)
+
+        def callback(_pipe: Any, index: int, _t: Any, tensors: dict) -> dict:
+            step = min(index + 1, total)
+            if step == total:
+                session.leave()  # no more denoiser calls: don't hold the batch back while decoding
+            on_step(step, total)
+            return tensors
+
+        kwargs = call_kwargs(params) | (inputs or {})
+        generator = torch.Generator("cpu").manual_seed(params["seed"])
+        with torch.inference_mode():
+            return list(pipe(**kwargs, generator=generator, callback_on_step_end=callback).images)

@@ -17,10 +17,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def module_bytes(pipeline: Any) -> int:
+def module_bytes(loaded: Any) -> int:
     """Bytes held by the parameters and buffers of a pipeline's torch modules."""
     total = 0
-    for component in getattr(pipeline, "components", {}).values():
+    for component in getattr(loaded, "components", {}).values():
         if isinstance(component, torch.nn.Module):
             for tensor in list(component.parameters()) + list(component.buffers()):
                 total += tensor.numel() * tensor.element_size()

@@ -12,7 +12,6 @@ import logging
 import socket
 import time
 import uuid
-from typing import Any
 
 from PIL import Image
 
@@ -23,7 +22,7 @@ from shared.jobs.store import JobStore
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.storage.keys import output_key
-from worker.execute import pipeline_for_task, run_params
+from worker.execute import LoadedModel, run_params
 from worker.lease import LeaseKeeper
 from worker.pipeline_cache import PipelineCache
 
@@ -63,10 +62,11 @@ class JobRunner:
         started = time.time()
         timings = {"queue_wait_s": round(started - job.created_at, 4)}
         try:
-            pipe = self._load(job)
+            loaded = self._load(job)
             timings["load_s"] = round(time.time() - started, 4)
             t0 = time.time()
-            images = run_params(pipe, job.params, self._step_hook(job.id, token, lease))
+            spec = self.catalog.get(job.model)
+            images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease))
             timings["model_s"] = round(time.time() - t0, 4)
             t0 = time.time()
             outputs = self._store_images(job, images)
@@ -83,14 +83,12 @@ class JobRunner:
             error = PipelineError(f"{type(exc).__name__}: {exc}")
             return Status.FAILED, [], error.to_dict(), timings
 
-    def _load(self, job: Job) -> Any:
-        spec = self.catalog.get(job.model)
+    def _load(self, job: Job) -> LoadedModel:
         try:
-            cached = self.cache.get(spec.name)
+            return self.cache.get(job.model)
         except Exception as exc:
-            logger.exception("could not load model %s", spec.name)
-            raise ModelLoadError(f"model {spec.name!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
-        return pipeline_for_task(cached, spec.family, job.params["task"], job.params["scheduler"])
+            logger.exception("could not load model %s", job.model)
+            raise ModelLoadError(f"model {job.model!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
 
     def _step_hook(self, job_id: str, token: str, lease: LeaseKeeper):
         last = [0.0]

@@ -1,0 +1,272 @@
+"""Continuous batching for diffusion: the denoising steps of many jobs in one model call.
+
+Each job runs its own pipeline call in its own thread — its own scheduler, guidance, inpainting
+blend and callbacks, untouched. What the jobs share is the model: the pipeline view a job runs
+holds a `BatchedModule` in place of the UNet, and every call a job makes on it goes to the
+model's `StepBatcher`. The batcher waits, for a short gather window, until every job that is in
+its denoising loop has asked for its next step, concatenates the requests that fit together
+(same latent shape and conditioning layout) along the batch axis — latents, per-sample
+timesteps, text states, added conditions — runs the model once, and hands each job its rows.
+
+Jobs join at the next step boundary (their first request) and leave when their last step is done
+(`Session.leave`), so finished and canceled jobs never hold the batch back. Different schedulers
+and step counts mix freely; multi-evaluation schedulers (Heun, DPM2) simply ask more often.
+If a batched call fails (out of memory, say), each request is retried alone so that only the job
+that cannot run fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepRequest:
+    """One model call asked for by one job: tensors are (rows, ...)."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    kwargs: dict[str, Any]  # encoder_hidden_states, timestep_cond, added_cond_kwargs (or empty)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: torch.Tensor | None = None
+    error: BaseException | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.sample.shape[0]
+
+    def layout(self) -> tuple:
+        """Requests with equal layouts can share one model call."""
+        def shape(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return (tuple(value.shape[1:]), value.dtype)
+            if isinstance(value, dict):
+                return tuple(sorted((k, shape(v)) for k, v in value.items()))
+            return value
+
+        return shape(self.sample), tuple(sorted((k, shape(v)) for k, v in self.kwargs.items()))
+
+
+def _cat_kwargs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if isinstance(first, torch.Tensor):
+            merged[key] = torch.cat(values)
+        elif isinstance(first, dict):
+            merged[key] = _cat_kwargs(values)
+        else:
+            merged[key] = first
+    return merged
+
+
+@dataclass
+class BatchStats:
+    calls: int = 0
+    rows: int = 0
+    last_batch_rows: int = 0
+    last_batch_jobs: int = 0
+    seconds: float = 0.0
+
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+class StepBatcher:
+    """Runs the calls of many job threads on one module, batched at step boundaries."""
+
+    def __init__(self, module: torch.nn.Module, max_rows: int = 16, max_window_s: float = 0.05,
+                 name: str = "model") -> None:
+        self.module, self.max_rows, self.max_window_s, self.name = module, max_rows, max_window_s, name
+        self.stats = BatchStats()
+        self._inbox: queue.Queue[StepRequest] = queue.Queue()
+        self._lock = threading.Lock()
+        self._in_loop = 0  # jobs between their first request and their `leave`
+        self._call_ema_s = 0.0
+        self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # -- job side ---------------------------------------------------------------------------
+    def session(self) -> "Session":
+        return Session(self)
+
+    def submit(self, request: StepRequest) -> torch.Tensor:
+        self._inbox.put(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result  # type: ignore[return-value]
+
+    # -- batcher thread ---------------------------------------------------------------------
+    def _serve(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            pending = self._gather(self._inbox.get())
+            for group in self._groups(pending):
+                self._run(group)
+
+    def _gather(self, first: StepRequest) -> list[StepRequest]:
+        """The first request, then more until every in-loop job has asked or the window closes."""
+        pending, rows = [first], first.rows
+        window = min(self.max_window_s, max(0.002, 0.25 * self._call_ema_s))
+        deadline = time.monotonic() + window
+        while rows < self.max_rows:
+            with self._lock:
+                expected = self._in_loop
+            if len(pending) >= expected:
+                try:  # everyone is here; take whatever else is already queued, without waiting
+                    request = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    request = self._inbox.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            pending.append(request)
+            rows += request.rows
+        return pending
+
+    def _groups(self, pending: list[StepRequest]) -> list[list[StepRequest]]:
+        """Split into compatible groups of at most `max_rows` rows (a bigger request runs alone)."""
+        by_layout: dict[tuple, list[list[StepRequest]]] = {}
+        for request in pending:
+            chunks = by_layout.setdefault(request.layout(), [[]])
+            if chunks[-1] and sum(r.rows for r in chunks[-1]) + request.rows > self.max_rows:
+                chunks.append([])
+            chunks[-1].append(request)
+        return [chunk for chunks in by_layout.values() for chunk in chunks]
+
+    def _run(self, group: list[StepRequest]) -> None:
+        started = time.monotonic()
+        try:
+            outputs = self._call(group)
+        except Exception as exc:  # e.g. out of memory: retry alone so only the culprit fails
+            if len(group) == 1:
+                group[0].error = exc
+                group[0].done.set()
+                return
+            logger.warning("batched call of %d jobs failed (%s); retrying each alone", len(group), exc)
+            for request in group:
+                self._run([request])
+            return
+        elapsed = time.monotonic() - started
+        self._record(group, elapsed)
+        for request, output in zip(group, outputs):
+            request.result = output
+            request.done.set()
+
+    def _call(self, group: list[StepRequest]) -> list[torch.Tensor]:
+        sample = torch.cat([r.sample for r in group])
+        timesteps = [r.timestep for r in group]
+        if len({t.dtype for t in timesteps}) > 1:  # integer and float schedules in one batch
+            timesteps = [t.float() for t in timesteps]
+        timestep = torch.cat(timesteps)
+        kwargs = _cat_kwargs([r.kwargs for r in group])
+        with torch.inference_mode():
+            output = self.module(sample, timestep, **kwargs, return_dict=False)[0]
+        return list(output.split([r.rows for r in group]))
+
+    def _record(self, group: list[StepRequest], elapsed: float) -> None:
+        rows = sum(r.rows for r in group)
+        self.stats.calls += 1
+        self.stats.rows += rows
+        self.stats.seconds += elapsed
+        self.stats.last_batch_rows, self.stats.last_batch_jobs = rows, len(group)
+        self._call_ema_s = elapsed if not self._call_ema_s else 0.8 * self._call_ema_s + 0.2 * elapsed
+
+    # -- membership -------------------------------------------------------------------------
+    def _join(self) -> None:
+        with self._lock:
+            self._in_loop += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_loop -= 1
+
+    @property
+    def jobs_in_loop(self) -> int:
+        with self._lock:
+            return self._in_loop
+
+
+class Session:
+    """One job's membership in a batcher: joined at its first request, left after its last step
+    (or when the job ends, whichever comes first)."""
+
+    def __init__(self, batcher: StepBatcher) -> None:
+        self.batcher = batcher
+        self._joined = False
+        self._left = False
+
+    def request(self, request: StepRequest) -> torch.Tensor:
+        if not self._joined:
+            self._joined = True
+            self.batcher._join()
+        return self.batcher.submit(request)
+
+    def leave(self) -> None:
+        if self._joined and not self._left:
+            self._left = True
+            self.batcher._leave()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
+
+@dataclass
+class ModelOutput:
+    sample: torch.Tensor
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return (self.sample,)[index]
+
+
+class BatchedModule(torch.nn.Module):
+    """Stands in for a denoiser inside one job's pipeline: calls go through the batcher.
+
+    It holds the real module as a child, so `parameters()`, `dtype`, `device` and `config` are
+    the real ones; anything it does not define is read from the real module.
+    """
+
+    _BATCHED_KWARGS = frozenset({"encoder_hidden_states", "timestep_cond", "added_cond_kwargs"})
+
+    def __init__(self, inner: torch.nn.Module, session: Session) -> None:
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "session", session)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor | None = None,
+                return_dict: bool = True, **kwargs: Any) -> Any:
+        if set(kwargs) - self._BATCHED_KWARGS:  # e.g. ControlNet residuals: not batchable, run alone
+            return self.inner(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              return_dict=return_dict, **kwargs)
+        rows = sample.shape[0]
+        t = torch.as_tensor(timestep, device=sample.device).flatten()
+        t = t.expand(rows) if t.numel() == 1 else t
+        extra = {k: v for k, v in kwargs.items() if v is not None and not (isinstance(v, dict) and not v)}
+        if encoder_hidden_states is not None:
+            extra["encoder_hidden_states"] = encoder_hidden_states
+        output = self.session.request(StepRequest(sample, t, extra))
+        return ModelOutput(output) if return_dict else (output,)
