@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from tests.pipelines import tiny
 from tests.pipelines.hubcache import hub_cache  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two
+    (no spinning OpenMP workers competing with other processes). Restored after each module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
