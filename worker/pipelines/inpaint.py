@@ -52,7 +52,6 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
     """Text-guided inpainting with the Stable Diffusion components (9- or 4-channel UNet)."""
 
     scheduler_fixes = INPAINT_SCHEDULER_FIXES
-    callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
 
     @property
     def unet_channels(self) -> int:
@@ -100,7 +99,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         """4-channel UNets: x ← (1 − m)·q(x_{t_next} | x_0 = image) + m·x (the image itself after the last step)."""
         known = state.image_latents
         if next_timestep is not None:
-            known = scheduler.add_noise(known, state.noise, torch.as_tensor([next_timestep]))
+            known = scheduler.add_noise(known, state.noise, torch.as_tensor(next_timestep).reshape(1))
         return (1 - state.mask) * known + state.mask * latents
 
     def prepare_inpaint(
