@@ -12,7 +12,7 @@ from flask import request
 from api.app import Services
 from shared import safehttp
 from shared.auth import Principal
-from shared.errors import BadRequest, Conflict, ValidationFailed
+from shared.errors import BadRequest, Conflict, InputRefused, ValidationFailed
 from shared.idempotency import body_hash
 from shared.ids import new_job_id
 from shared.inputs import INPUT_KEYS, Limits, decode_base64, fetch, input_key, normalize
@@ -81,6 +81,8 @@ def submit(services: Services, who: Principal, idempotency_key: str | None) -> t
 def _create(services: Services, who: Principal, job_id: str, params: dict, sub: Submission,
             limits: Limits) -> Job:
     services.quotas.take_token(who.key_id)
+    if params.get("webhook_url"):
+        _check_webhook(params["webhook_url"], services.settings.fetch_allow_private)
     services.quotas.admit(who.key_id, job_id)
     try:
         params.update(_store_inputs(services, job_id, sub, limits))
@@ -94,6 +96,13 @@ def _create(services: Services, who: Principal, job_id: str, params: dict, sub: 
         services.webhooks.watch(job_id)
     services.keys.count_submission(who.key_id)
     return job
+
+
+def _check_webhook(url: str, allow_private: bool) -> None:
+    try:
+        safehttp.check_url(url, allow_private)
+    except InputRefused as exc:
+        raise InputRefused(f"webhook_url: {exc.message}", field="webhook_url", code=exc.code) from None
 
 
 def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limits) -> dict[str, str]:

@@ -62,6 +62,20 @@ def resolve(host: str, port: int, allow_private: bool) -> str:
     return addresses[0]
 
 
+def check_url(url: str, allow_private: bool) -> str:
+    """Refuse a URL we must not connect to (scheme, credentials, address); else its checked IP."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputRefused(f"only http and https URLs are allowed (got {url[:100]!r})", code="bad_url")
+    if parts.username or parts.password:
+        raise InputRefused("URLs with credentials are not allowed", code="bad_url")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise InputRefused(f"bad port in {url[:100]!r}", code="bad_url") from None
+    return resolve(parts.hostname, port, allow_private)
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     def __init__(self, host: str, port: int, ip: str, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
@@ -96,13 +110,9 @@ def request(method: str, url: str, policy: Policy, body: bytes | None = None,
 
 def _once(method: str, url: str, policy: Policy, body: bytes | None, headers: dict[str, str],
           deadline: float) -> Reply:
+    ip = check_url(url, policy.allow_private)
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputRefused(f"only http and https URLs are allowed (got {url[:100]!r})", code="bad_url")
-    if parts.username or parts.password:
-        raise InputRefused("URLs with credentials are not allowed", code="bad_url")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    ip = resolve(parts.hostname, port, policy.allow_private)
     kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
     conn = kind(parts.hostname, port, ip, timeout=_left(deadline))
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
