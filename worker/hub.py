@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -72,7 +72,6 @@ class PipelineFiles:
     model_index: dict[str, Any]
     plan: FilePlan
     repo_id: str | None = None  # set when the files came from the Hub
-    notes: list[str] = field(default_factory=list)
 
 
 def _weight_info(filename: str) -> tuple[str | None, str] | None:

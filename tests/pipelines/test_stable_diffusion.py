@@ -37,8 +37,10 @@ def test_loads_components_as_kiln_classes(sd_pipe):
         dict(prompt="a photo of a dog", height=32, width=48),
         dict(prompt="a cat", guidance_scale=1.0),
         dict(prompt="a cat", guidance_rescale=0.7),
+        dict(prompt="a cat", eta=0.8),
+        dict(prompt="a dog", latents=torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(9))),
     ],
-    ids=["plain", "negative", "non-square", "unguided", "rescale"],
+    ids=["plain", "negative", "non-square", "unguided", "rescale", "ddim-eta", "given-latents"],
 )
 def test_txt2img_matches_diffusers(sd_saved, sd_pipe, kwargs):
     expected, got = both(sd_saved[0], sd_pipe, **kwargs)
