@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], str | None]  # returns None when healthy, else what is wrong
 
+# kiln_device_memory_<name>_bytes{device="cuda:N"}, read from torch.cuda at scrape time.
+DEVICE_MEMORY_READINGS = {
+    "allocated": "Bytes held by live tensors",
+    "reserved": "Bytes reserved by torch's caching allocator",
+    "max_allocated": "Peak bytes held by tensors since start",
+    "free": "Free bytes on the device (all processes)",
+    "total": "Total bytes on the device",
+}
+
 
 class DeviceMemoryCollector(Collector):
     """CUDA memory of this process's device, read when scraped; nothing on CPU."""
@@ -44,16 +53,11 @@ class DeviceMemoryCollector(Collector):
         index = torch.cuda.current_device() if index is None else index
         label = [f"cuda:{index}"]
         free, total = torch.cuda.mem_get_info(index)
-        readings = {
-            "allocated": ("Bytes held by live tensors", torch.cuda.memory_allocated(index)),
-            "reserved": ("Bytes reserved by torch's caching allocator", torch.cuda.memory_reserved(index)),
-            "max_allocated": ("Peak bytes held by tensors since start", torch.cuda.max_memory_allocated(index)),
-            "free": ("Free bytes on the device (all processes)", free),
-            "total": ("Total bytes on the device", total),
-        }
-        for name, (doc, value) in readings.items():
+        values = {"allocated": torch.cuda.memory_allocated(index), "reserved": torch.cuda.memory_reserved(index),
+                  "max_allocated": torch.cuda.max_memory_allocated(index), "free": free, "total": total}
+        for name, doc in DEVICE_MEMORY_READINGS.items():
             family = GaugeMetricFamily(f"{NAMESPACE}_device_memory_{name}_bytes", doc, labels=["device"])
-            family.add_metric(label, value)
+            family.add_metric(label, values[name])
             yield family
 
 
