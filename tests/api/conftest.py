@@ -57,3 +57,6 @@ class Keys:
 @pytest.fixture
 def keys(auth_app) -> Keys:
     return Keys(auth_app)
+
+
+from tests.api.liveserver import live_api, live_api_env  # noqa: E402,F401  (fixtures)
