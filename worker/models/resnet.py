@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.models.activations import get_activation
+from worker.models.activations import activate, get_activation
 from worker.models.errors import ModelConfigError
 
 TIME_SCALE_SHIFTS = ("default", "scale_shift")
@@ -55,7 +55,9 @@ class ResnetBlock2D(nn.Module):
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(self.nonlinearity(self.norm1(x)))
+        # Without autograd, elementwise steps reuse the fresh buffers they get (fewer allocations).
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(activate(self.nonlinearity, self.norm1(x), inplace))
         if self.time_emb_proj is not None and temb is not None:
             temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]  # (B, C', 1, 1)
         else:
@@ -65,12 +67,16 @@ class ResnetBlock2D(nn.Module):
                 raise ValueError("a scale_shift resnet block needs a time embedding")
             scale, shift = temb.chunk(2, dim=1)
             h = self.norm2(h) * (1 + scale) + shift
+        elif temb is not None:
+            h = self.norm2(h.add_(temb) if inplace else h + temb)
         else:
-            h = self.norm2(h + temb if temb is not None else h)
-        h = self.conv2(self.dropout(self.nonlinearity(h)))
+            h = self.norm2(h)
+        h = self.conv2(self.dropout(activate(self.nonlinearity, h, inplace)))
         skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
-        out = skip + h
-        return out / self.output_scale_factor if self.output_scale_factor != 1.0 else out
+        out = h.add_(skip) if inplace else h + skip
+        if self.output_scale_factor != 1.0:
+            out = out.div_(self.output_scale_factor) if inplace else out / self.output_scale_factor
+        return out
 
 
 class Downsample2D(nn.Module):

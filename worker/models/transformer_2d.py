@@ -22,7 +22,8 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, gate = self.proj(x).chunk(2, dim=-1)
-        return a * F.gelu(gate)
+        gelu = F.gelu(gate)  # a fresh buffer: without autograd, reuse it for the product
+        return gelu.mul_(a) if not torch.is_grad_enabled() else a * gelu
 
 
 class FeedForward(nn.Module):
@@ -62,10 +63,10 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, dim), context (B, M, cross_attention_dim) -> (B, N, dim)."""
-        x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
+        x = _residual(self.attn1(self.norm1(x), context if self.only_cross_attention else None), x)
         if self.attn2 is not None:
-            x = self.attn2(self.norm2(x), context, context_mask) + x
-        return self.ff(self.norm3(x)) + x
+            x = _residual(self.attn2(self.norm2(x), context, context_mask), x)
+        return _residual(self.ff(self.norm3(x)), x)
 
 
 class Transformer2DModel(nn.Module):
@@ -109,7 +110,12 @@ class Transformer2DModel(nn.Module):
         h = tokens.reshape(B, H, W, tokens.shape[-1]).permute(0, 3, 1, 2)  # (B, C', H, W)
         if not self.use_linear_projection:
             h = self.proj_out(h.contiguous())
-        return h + x
+        return _residual(h, x)
+
+
+def _residual(update: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x + update; without autograd the sum goes into `update` (a fresh layer output)."""
+    return update.add_(x) if not torch.is_grad_enabled() and update.shape == x.shape else update + x
 
 
 def _linear_projection(dim_in: int, dim_out: int) -> nn.Module:
