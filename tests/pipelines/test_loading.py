@@ -59,8 +59,10 @@ def test_torch_dtype_single_and_per_component(ddpm_saved):
     assert DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16).unet.dtype == torch.bfloat16
     pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype={"unet": torch.float64, "default": torch.float16})
     assert pipe.unet.dtype == torch.float64 and pipe.dtype == torch.float64
-    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype={"default": torch.bfloat16})
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype={"default": "bfloat16"})
     assert pipe.unet.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        DiffusionPipeline.from_pretrained(folder, torch_dtype="half-ish")
     assert pipe.to(torch.float32).unet.dtype == torch.float32 and pipe.device.type == "cpu"
 
 
@@ -75,6 +77,14 @@ def test_concrete_class_and_save_roundtrip_through_diffusers(ddpm_saved, tmp_pat
     expected = back(generator=seeded(2), num_inference_steps=3, output_type="np").images
     got = pipe(generator=seeded(2), num_inference_steps=3, output_type="np").images
     assert max_diff(got, expected) < 1e-3
+
+
+def test_save_with_variant_then_load_it(sd_pipe, tmp_path):
+    out = sd_pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert (out / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert (out / "text_encoder" / "model.fp16.safetensors").is_file()
+    again = DiffusionPipeline.from_pretrained(out, variant="fp16")
+    assert torch.equal(again.unet.conv_in.weight, sd_pipe.unet.conv_in.weight)
 
 
 def test_sd_save_loads_in_diffusers_and_skips_safety_checker(sd_saved, sd_pipe, tmp_path, caplog):

@@ -111,8 +111,12 @@ def library_of(component: Any) -> str:
 
 
 def save_component(component: Any, folder: Path, variant: str | None = None) -> None:
-    """Write one component in the layout its loader (and Diffusers) reads."""
-    if isinstance(component, torch.nn.Module) and library_of(component) == "diffusers":
+    """Write one component in the layout its loader (and Diffusers) reads.
+
+    Models (Kiln's and transformers') take the weight variant; tokenizers, processors and
+    schedulers have no weights.
+    """
+    if isinstance(component, torch.nn.Module):
         component.save_pretrained(folder, variant=variant)
     elif hasattr(component, "save_pretrained"):
         component.save_pretrained(folder)

@@ -25,7 +25,7 @@ from worker.pipelines import components as registry
 logger = logging.getLogger(__name__)
 
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
-DtypeSpec = torch.dtype | Mapping[str, torch.dtype] | None
+DtypeSpec = torch.dtype | str | Mapping[str, torch.dtype | str] | None
 
 
 class DiffusionPipeline:
@@ -219,10 +219,21 @@ def _components_to_fetch(index: Mapping[str, Any], passed: Mapping[str, Any]) ->
     return wanted
 
 
+def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype, also from its name ("float16", "torch.bfloat16")."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (e.g. torch.float16, 'bfloat16')")
+    return dtype
+
+
 def _dtype_for(name: str, torch_dtype: DtypeSpec) -> torch.dtype | None:
+    """The dtype for component `name`: one dtype for all, or a dict by name with a `default`."""
     if isinstance(torch_dtype, Mapping):
-        return torch_dtype.get(name, torch_dtype.get("default"))
-    return torch_dtype
+        return _as_dtype(torch_dtype.get(name, torch_dtype.get("default")))
+    return _as_dtype(torch_dtype)
 
 
 def _load_components(files: PipelineFiles, torch_dtype: DtypeSpec, passed: Mapping[str, Any]) -> dict[str, Any]:

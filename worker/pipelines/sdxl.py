@@ -10,6 +10,7 @@ and adds to its time embedding.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Sequence
 
 import torch
@@ -58,6 +59,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
             feature_extractor=feature_extractor,
         )
         self.register_options(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        self._vae_upcast_lock = threading.Lock()  # the fp16 upcast below mutates the shared VAE
 
     def _encoders(self) -> list[tuple[Any, Any]]:
         pairs = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
@@ -162,11 +164,12 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         if not (vae.dtype == torch.float16 and vae.config.get("force_upcast", False)):
             return super().decode_latents(latents)
         logger.debug("decoding in float32: the fp16 SDXL VAE overflows (force_upcast)")
-        vae.to(dtype=torch.float32)
-        try:
-            return super().decode_latents(latents.float())
-        finally:
-            vae.to(dtype=torch.float16)
+        with self._vae_upcast_lock:
+            vae.to(dtype=torch.float32)
+            try:
+                return super().decode_latents(latents.float())
+            finally:
+                vae.to(dtype=torch.float16)
 
     @torch.no_grad()
     def __call__(
