@@ -145,8 +145,15 @@ def test_denoise_step_batches_jobs_with_their_own_timestep_and_guidance(sd_pipe)
         )
     assert torch.allclose(batched[:1], alone_a, atol=1e-5)
     assert torch.allclose(batched[1:], alone_b, atol=1e-5)
+    unguided = sd_pipe.encode_prompt("a cat", guided=False)
     with pytest.raises(ValueError, match="guided and unguided"):
-        Conditioning.cat([a, sd_pipe.encode_prompt("a cat", guided=False)])
+        Conditioning.cat([a, unguided])
+    with torch.no_grad():
+        plain = sd_pipe.denoise_step(xa, 500, unguided)
+        b_alone = sd_pipe.denoise_step(xb, 41, b, 7.5)
+        mixed = sd_pipe.denoise_step(torch.cat([xb, xa]), torch.tensor([41, 500]),
+                                     Conditioning.cat([b, unguided.as_guided()]), torch.tensor([7.5, 9.0]))
+    assert torch.allclose(mixed[1:], plain, atol=1e-6) and torch.allclose(mixed[:1], b_alone, atol=1e-5)
 
 
 def test_call_does_not_touch_the_shared_scheduler(sd_pipe):

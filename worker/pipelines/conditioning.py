@@ -62,13 +62,26 @@ class Conditioning:
         """A copy with some fields replaced (the original is never mutated)."""
         return replace(self, **changes)
 
+    def as_guided(self) -> Conditioning:
+        """The same conditioning in guided layout, for batching with guided jobs.
+
+        The negative branch repeats the positive one, so ε(∅) = ε(c) and guidance at any scale
+        gives ε(c) + w·0 = ε(c): the unguided result, at the cost of a second row.
+        """
+        if self.guided:
+            return self
+        return self.with_(negative_prompt_embeds=self.prompt_embeds, negative_added=dict(self.added))
+
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Stack the conditionings of several jobs into one batch (all guided or none)."""
         if not parts:
             raise ValueError("need at least one conditioning to batch")
         if len({p.guided for p in parts}) != 1:
-            raise ValueError("cannot batch guided and unguided conditionings together")
+            raise ValueError(
+                "cannot batch guided and unguided conditionings together; "
+                "convert the unguided ones with as_guided()"
+            )
         return Conditioning(
             prompt_embeds=torch.cat([p.prompt_embeds for p in parts]),
             negative_prompt_embeds=_cat_optional([p.negative_prompt_embeds for p in parts], "negative_prompt_embeds"),
