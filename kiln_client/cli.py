@@ -18,7 +18,8 @@ from kiln_client.client import Client, KilnAPIError
 BAR_WIDTH = 30
 
 
-def progress_bar(step: int, total: int, stream=sys.stderr) -> None:
+def progress_bar(step: int, total: int, stream=None) -> None:
+    stream = stream or sys.stderr
     done = int(BAR_WIDTH * step / total) if total else 0
     stream.write(f"\r[{'#' * done}{'.' * (BAR_WIDTH - done)}] {step}/{total}")
     stream.flush()

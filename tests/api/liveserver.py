@@ -4,6 +4,7 @@ Import `live_api` into a conftest to use it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,4 +51,5 @@ def live_api(live_api_env: dict[str, str], tmp_path: Path) -> Iterator[LiveAPI]:
         wait_until(lambda: http_ok(f"{url}/livez"), 60, "the API")
         yield LiveAPI(url, ADMIN_SECRET, log)
     finally:
+        proc.send_signal(signal.SIGQUIT)  # quick shutdown: open keep-alive connections need no grace
         stop_all([proc], timeout=10)
