@@ -134,10 +134,7 @@ def plan_files(
             raise PipelineFilesError(f"component folder {name!r}/ is missing or empty")
         used, weights = _choose_weights(listing, variant)
         if needs_weights and not weights:
-            raise PipelineFilesError(
-                f"component {name!r} has no weights: expected *.safetensors or *.bin files in {name}/"
-                f" (found {sorted(listing)})"
-            )
+            raise PipelineFilesError(_no_weights_message(name, listing))
         if needs_weights and variant and used is None:
             fallbacks.append(name)
         chosen[name] = ComponentFiles(name, used, tuple(f"{name}/{w}" for w in weights))
@@ -146,6 +143,15 @@ def plan_files(
     for name, comp in chosen.items():
         patterns += [f"{name}/{p}" for p in _SIDE_FILE_PATTERNS] + list(comp.weights)
     return FilePlan(chosen, tuple(patterns), tuple(fallbacks))
+
+
+def _no_weights_message(name: str, listing: list[str]) -> str:
+    variants = sorted({v for f in listing if (info := _weight_info(f)) and (v := info[0])})
+    hint = f"; it has variants {variants}: pass variant=..." if variants else ""
+    return (
+        f"component {name!r} has no weights: expected *.safetensors or *.bin files in {name}/ "
+        f"(found {sorted(listing)}){hint}"
+    )
 
 
 def _check_variant(chosen, components, variant, fallbacks) -> None:

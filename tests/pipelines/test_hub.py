@@ -68,6 +68,9 @@ def test_plan_errors_name_what_is_missing():
         plan_files(SD_FILES, COMPONENTS, variant="bf16")
     with pytest.raises(PipelineFilesError, match="component 'unet' has no weights"):
         plan_files(["model_index.json", "unet/config.json"], {"unet": True})
+    only_fp16 = ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"]
+    with pytest.raises(PipelineFilesError, match=r"has variants \['fp16'\]: pass variant"):
+        plan_files(only_fp16, {"unet": True})
     with pytest.raises(PipelineFilesError, match="'safety_checker'/ is missing"):
         plan_files(SD_FILES, {"safety_checker": True})
 
