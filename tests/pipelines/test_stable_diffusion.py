@@ -161,3 +161,23 @@ def test_call_does_not_touch_the_shared_scheduler(sd_pipe):
     sd_pipe(prompt="a cat", generator=seeded(), **BASE)
     assert sd_pipe.scheduler.__dict__.keys() == before.keys()
     assert all(sd_pipe.scheduler.__dict__[k] is v for k, v in before.items())
+
+
+def test_guidance_distilled_unet_uses_guidance_embedding_not_cfg(tmp_path):
+    """LCM-style UNet (time_cond_proj_dim): no negative branch, w embedded as timestep_cond."""
+    import diffusers
+
+    from tests.pipelines import tiny
+
+    ref = diffusers.StableDiffusionPipeline(
+        vae=tiny.tiny_vae(), text_encoder=tiny.tiny_text_encoder(), tokenizer=tiny.tiny_tokenizer(),
+        unet=tiny.tiny_sd_unet(time_cond_proj_dim=4), scheduler=diffusers.LCMScheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    ref.save_pretrained(tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path)
+    assert not pipe.guided(8.5)
+    cond = pipe.guidance_condition(pipe.encode_prompt("a cat", guided=False), 8.5)
+    assert cond.timestep_cond.shape == (1, 4)
+    expected, got = both(ref, pipe, prompt="a cat", guidance_scale=8.5, num_inference_steps=3)
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF
