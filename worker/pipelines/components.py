@@ -56,9 +56,19 @@ def _load_scheduler(cls: type, folder: Path, dtype: torch.dtype | None, variant:
     return cls.from_pretrained(folder)
 
 
+@functools.cache
+def _transformers_dtype_keyword() -> str:
+    """`dtype` since transformers 4.56 (`torch_dtype` before, and deprecated after)."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def _load_transformers_model(cls: type, folder: Path, dtype: torch.dtype | None, variant: str | None) -> Any:
     # transformers 5 defaults to the checkpoint's dtype; Diffusers semantics is fp32 unless asked.
-    return cls.from_pretrained(folder, dtype=dtype or torch.float32, variant=variant)
+    options = {_transformers_dtype_keyword(): dtype or torch.float32}
+    return cls.from_pretrained(folder, variant=variant, **options)
 
 
 def _load_processor(cls: type, folder: Path, dtype: torch.dtype | None, variant: str | None) -> Any:
