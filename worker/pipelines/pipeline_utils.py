@@ -149,11 +149,11 @@ class DiffusionPipeline:
 
         if custom_pipeline is not None:
             return load_custom_pipeline(custom_pipeline, files, revision=revision, token=token)
+        if cls is not DiffusionPipeline:
+            return cls
         class_name = files.model_index["_class_name"]
         if isinstance(class_name, list):
             return repo_pipeline_class(files, class_name, revision=revision, token=token)
-        if cls is not DiffusionPipeline:
-            return cls
         return pipeline_class(class_name)
 
     @classmethod
