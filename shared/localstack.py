@@ -107,6 +107,8 @@ def main() -> int:
     url = f"http://127.0.0.1:{api_port}"
     env = {**os.environ, "KILN_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "KILN_PUBLIC_URL": url,
            "KILN_STORAGE": os.environ.get("KILN_STORAGE", "local"),
+           # Single-user mode unless told otherwise: said out loud in the banner.
+           "KILN_AUTH": os.environ.get("KILN_AUTH", "disabled"),
            "KILN_STORAGE_ROOT": os.environ.get("KILN_STORAGE_ROOT", str(var / "outputs")),
            "KILN_MODELS_DIR": os.environ.get("KILN_MODELS_DIR", str(var / "models"))}
     subprocess.run([PYTHON, "-m", "worker.bundled", str(Path(env["KILN_MODELS_DIR"]) / "kiln-ddpm-tiny")],
@@ -119,7 +121,7 @@ def main() -> int:
         procs.append(subprocess.Popen(api_command(f"127.0.0.1:{api_port}"), env=env, cwd=REPO_ROOT))
         procs.append(subprocess.Popen(worker_command(), env=env, cwd=REPO_ROOT))
         wait_until(lambda: http_ok(f"{url}/healthz"), 60, "the API")
-        _print_banner(url, redis_port)
+        _print_banner(url, redis_port, env["KILN_AUTH"])
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a Kiln process exited; stopping the stack", file=sys.stderr)
@@ -131,10 +133,14 @@ def main() -> int:
         stop_all(procs)
 
 
-def _print_banner(url: str, redis_port: int) -> None:
+def _print_banner(url: str, redis_port: int, auth: str) -> None:
     body = json.dumps({"model": "kiln-ddpm-tiny", "steps": 20, "seed": 7})
+    mode = ("AUTH DISABLED: single-user mode, every request acts as a local admin "
+            "(KILN_AUTH=enabled make up to require API keys)" if auth == "disabled"
+            else "API keys required (KILN_AUTH=enabled)")
     print(f"""
 Kiln is up.  API: {url}   (Redis on 127.0.0.1:{redis_port}; Ctrl-C stops everything)
+{mode}
 
   # submit a job, then poll it until its status is "succeeded"
   curl -s -X POST {url}/v1/jobs -H 'Content-Type: application/json' -d '{body}'

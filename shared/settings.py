@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     webhook_on_start: bool = False
 
     # Dispatch: Celery on Redis, at-least-once (see docs/operations.md for the trade-off).
-    visibility_timeout_s: int = Field(default=3600, ge=10)
+    visibility_timeout_s: int = Field(default=3600, ge=1)
     unacked_restore_interval_s: float = Field(default=5.0, gt=0)
     lease_ttl_s: float = Field(default=30.0, gt=0.5)
     reaper_interval_s: float = Field(default=5.0, gt=0)

@@ -8,6 +8,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 import requests
 import torch
 from PIL import Image
@@ -80,7 +81,22 @@ def test_duplicate_delivery_of_a_finished_job_does_nothing(stack):
     assert "not run: terminal" in stack.tail()
 
 
-def test_cancel_running_and_queued_jobs(stack):
+@pytest.fixture
+def one_slot_stack(stack_env, tmp_path):
+    """A stack whose worker runs one job at a time, so a second job stays queued."""
+    from tests.fixtures.stack import Stack
+
+    running = Stack({**stack_env, "KILN_WORKER_SLOTS": "1"}, tmp_path)
+    try:
+        running.start_api()
+        running.start_worker()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_cancel_running_and_queued_jobs(one_slot_stack):
+    stack = one_slot_stack
     long = stack.submit(model=MODEL, steps=150, scheduler="ddpm", seed=5)
     queued = stack.submit(model=MODEL, steps=2, seed=6)
     stack.wait(long["id"], until=lambda j: j["progress"]["step"] >= 2)
