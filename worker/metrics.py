@@ -148,13 +148,18 @@ def start_metrics_server(port: int, *, device: str | None = None, health: Health
         logger.info("worker metrics are off (KILN_METRICS_PORT=0)")
         return None
     if device is not None:
-        bind_collector("device_memory", DeviceMemoryCollector(device))
+        bind_device_memory(device)
     try:
         server = MetricsServer(port, host, health)
     except OSError as exc:
         logger.warning("worker metrics not served: port %d: %s", port, exc.strerror or exc)
         return None
     return server.start()
+
+
+def bind_device_memory(device: str) -> None:
+    """Report `device`'s CUDA memory on `/metrics` (nothing for a CPU device)."""
+    bind_collector("device_memory", DeviceMemoryCollector(device))
 
 
 def redis_health(client: Any) -> HealthCheck:

@@ -73,7 +73,8 @@ def test_text_format_appends_context():
     assert stream.getvalue().rstrip().endswith("hello [job_id=j3]")
 
 
-@pytest.mark.parametrize("level, fmt, message", [("LOUD", "json", "KILN_LOG_LEVEL"), ("INFO", "xml", "KILN_LOG_FORMAT")])
+@pytest.mark.parametrize("level, fmt, message",
+                         [("LOUD", "json", "KILN_LOG_LEVEL"), ("INFO", "xml", "KILN_LOG_FORMAT")])
 def test_bad_configuration_names_the_variable(level, fmt, message):
     with pytest.raises(ValueError, match=message):
         configure_logging(level, fmt, io.StringIO())

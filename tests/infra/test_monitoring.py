@@ -98,7 +98,8 @@ def test_dashboard_is_a_grafana_dashboard():
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                 for y in range(grid["y"], grid["y"] + grid["h"])}
         assert not cells & occupied, f"panel {panel['title']} overlaps another"
         occupied |= cells
         assert all(target["refId"] and target["expr"] for target in panel["targets"])
