@@ -109,3 +109,11 @@ def test_community_composable_pipeline(sd_saved, sd_pipe):
         pipe("a | b | c", weights="1 | 2")
     with pytest.raises(ValueError, match="empty sub-prompt"):
         pipe("a cat | ")
+
+
+def test_bare_name_finds_a_community_pipeline(sd_saved, tmp_path, monkeypatch):
+    by_name = DiffusionPipeline.from_pretrained(sd_saved[1], custom_pipeline="composable_stable_diffusion")
+    assert type(by_name).__name__ == "ComposableStableDiffusionPipeline"
+    monkeypatch.setenv("KILN_COMMUNITY_PIPELINES", str(tmp_path))
+    with pytest.raises(CustomPipelineError, match="not a .py file"):
+        DiffusionPipeline.from_pretrained(sd_saved[1], custom_pipeline="composable_stable_diffusion")

@@ -5,9 +5,11 @@
 1. a local `.py` file;
 2. a local folder holding `pipeline.py`;
 3. `<name>` where the model folder (local or downloaded) holds `<name>.py`;
-4. a Hub repo id (`org/name`) holding `pipeline.py`.
+4. `<name>` of a community pipeline: `<name>.py` in `$KILN_COMMUNITY_PIPELINES` (default: the
+   checkout's `examples/community/`);
+5. a Hub repo id (`org/name`) holding `pipeline.py`.
 
-Local files are the operator's own and always run. Code that comes from the Hub (cases 3 and 4
+Local files are the operator's own and always run. Code that comes from the Hub (cases 3 and 5
 for a Hub model, and `_class_name: [module, Class]` entries) runs only when the operator sets
 `KILN_ALLOW_REMOTE_CODE=1` *and* lists the repo in `KILN_REMOTE_CODE_ALLOWLIST`
 (comma-separated repo ids).
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 ALLOW_ENV = "KILN_ALLOW_REMOTE_CODE"
 ALLOWLIST_ENV = "KILN_REMOTE_CODE_ALLOWLIST"
+COMMUNITY_ENV = "KILN_COMMUNITY_PIPELINES"
 PIPELINE_FILE = "pipeline.py"
 
 
@@ -90,12 +93,21 @@ def load_custom_pipeline(
         if files.repo_id is not None:
             _require_allowed(files.repo_id, f"custom pipeline {beside_model.name}")
         return pipeline_class_in(beside_model)
+    community = community_folder() / f"{value}.py"
+    if "/" not in value and community.is_file():
+        return pipeline_class_in(community)
     if _is_repo_id(value):
         return pipeline_class_in(_download_pipeline_file(value, PIPELINE_FILE, revision, token))
     raise CustomPipelineError(
         f"custom_pipeline {value!r} is not a .py file, a folder with {PIPELINE_FILE}, a file "
-        f"{value}.py in the model folder, or a Hub repo id"
+        f"{value}.py in the model folder or in {community_folder()}, or a Hub repo id"
     )
+
+
+def community_folder() -> Path:
+    """Where bare community pipeline names are looked up (`$KILN_COMMUNITY_PIPELINES`)."""
+    default = Path(__file__).resolve().parents[2] / "examples" / "community"
+    return Path(os.environ.get(COMMUNITY_ENV) or default)
 
 
 def repo_pipeline_class(
