@@ -73,6 +73,7 @@ def _cat_kwargs(parts: list[dict[str, Any]]) -> dict[str, Any]:
 class BatchStats:
     calls: int = 0
     rows: int = 0
+    job_steps: int = 0  # one per job per call: what "steps/s" counts
     last_batch_rows: int = 0
     last_batch_jobs: int = 0
     seconds: float = 0.0
@@ -183,6 +184,7 @@ class StepBatcher:
         rows = sum(r.rows for r in group)
         self.stats.calls += 1
         self.stats.rows += rows
+        self.stats.job_steps += len(group)
         self.stats.seconds += elapsed
         self.stats.last_batch_rows, self.stats.last_batch_jobs = rows, len(group)
         self._call_ema_s = elapsed if not self._call_ema_s else 0.8 * self._call_ema_s + 0.2 * elapsed

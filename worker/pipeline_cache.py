@@ -73,3 +73,7 @@ class PipelineCache:
     def names(self) -> list[str]:
         with self._lock:
             return list(self._entries)
+
+    def values(self) -> list[Any]:
+        with self._lock:
+            return [value for value, _ in self._entries.values()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import threading
 import time
 import uuid
 
@@ -40,6 +41,12 @@ class JobRunner:
                  cache: PipelineCache, worker_id: str) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         self.catalog, self.cache, self.worker_id = catalog, cache, worker_id
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+
+    def running_jobs(self) -> list[str]:
+        with self._running_lock:
+            return sorted(self._running)
 
     def run(self, job_id: str) -> str:
         """Run `job_id` if this delivery should; returns what happened (for logs and tests)."""
@@ -50,8 +57,14 @@ class JobRunner:
             logger.info("job %s not run: %s %s", job_id, result.outcome, result.detail)
             return result.outcome
         job = self.store.get(job_id)
-        with LeaseKeeper(self.store, job_id, token, self.settings.lease_ttl_s) as lease:
-            status, outputs, error, timings = self._execute(job, token, lease)
+        with self._running_lock:
+            self._running.add(job_id)
+        try:
+            with LeaseKeeper(self.store, job_id, token, self.settings.lease_ttl_s) as lease:
+                status, outputs, error, timings = self._execute(job, token, lease)
+        finally:
+            with self._running_lock:
+                self._running.discard(job_id)
         if not self.store.finish(job_id, token, status, outputs=outputs, error=error, timings=timings):
             logger.warning("job %s finished here but its record had moved on; result dropped", job_id)
             return "superseded"

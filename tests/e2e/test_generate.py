@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import time
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from shared.celery_app import enqueue_job, make_celery
 from shared.settings import load_settings
+from shared.workers import WorkerRegistry
 
 MODEL = "kiln-ddpm-tiny"
 
@@ -60,6 +62,22 @@ def test_submit_poll_download_equals_direct_call(stack, models_dir):
     expected = direct_images(models_dir, seed=42, steps=12, n=2)
     for ours, theirs in zip(got, expected):
         assert np.abs(ours - theirs).max() == 0
+    registry = WorkerRegistry(stack.store.redis)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and MODEL not in (registry.list() or [None])[0].__dict__.get("models", []):
+        time.sleep(0.2)
+    [worker] = registry.list()
+    assert worker.state == "online" and not worker.stale and worker.models == [MODEL]
+    assert worker.slots == 8 and worker.memory_bytes > 0 and worker.device.startswith("cpu")
+
+
+def test_sigterm_lets_the_running_job_finish(stack):
+    job = stack.submit(model=MODEL, steps=40, seed=12)
+    stack.wait(job["id"], until=lambda j: j["progress"]["step"] >= 2)
+    os.killpg(stack.workers[0].pid, signal.SIGTERM)  # warm shutdown: stop taking jobs, finish this one
+    assert stack.workers[0].wait(60) == 0
+    done = stack.job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1
 
 
 def test_output_urls_and_unknown_output(stack):
