@@ -25,7 +25,8 @@ def _probe(folder: Path, mode: str) -> dict:
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
 def test_peak_memory_is_about_one_copy_of_the_weights(tmp_path):
-    UNet2DModel(block_out_channels=(64, 128, 256, 256), layers_per_block=1, norm_num_groups=32).save_pretrained(tmp_path)
+    model = UNet2DModel(block_out_channels=(64, 128, 256, 256), layers_per_block=1, norm_num_groups=32)
+    model.save_pretrained(tmp_path)
     ours, naive = _probe(tmp_path, "meta"), _probe(tmp_path, "naive")
     assert ours["weights"] > 40e6 and ours["dtype"] == "torch.float32"
     # safetensors maps the file; counting mapped pages too, one copy of the weights plus slack.

@@ -32,8 +32,8 @@ def sinusoidal_embedding(
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
     freqs = torch.exp(exponent / (half - freq_shift))
     angles = timesteps[:, None].float() * freqs[None, :]  # (N, half)
-    first, second = (torch.cos(angles), torch.sin(angles)) if flip_sin_to_cos else (torch.sin(angles), torch.cos(angles))
-    emb = torch.cat([first, second], dim=-1)
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    emb = torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)
     if dim % 2 == 1:
         emb = nn.functional.pad(emb, (0, 1))
     return emb
@@ -68,8 +68,8 @@ class GaussianFourierProjection(nn.Module):
     def forward(self, sigmas: torch.Tensor) -> torch.Tensor:
         x = torch.log(sigmas) if self.log else sigmas
         angles = x[:, None] * self.weight[None, :] * 2 * math.pi  # (N, embedding_size)
-        parts = (torch.cos(angles), torch.sin(angles)) if self.flip_sin_to_cos else (torch.sin(angles), torch.cos(angles))
-        return torch.cat(parts, dim=-1)
+        sin, cos = torch.sin(angles), torch.cos(angles)
+        return torch.cat([cos, sin] if self.flip_sin_to_cos else [sin, cos], dim=-1)
 
 
 class TimestepEmbedding(nn.Module):
@@ -113,5 +113,7 @@ def timesteps_for_batch(timestep: torch.Tensor | float | int, batch: int, device
     else:
         timestep = timestep.to(device)
     if timestep.ndim != 1 or timestep.shape[0] not in (1, batch):
-        raise ValueError(f"timestep must be a scalar or hold one value per sample ({batch}); got shape {tuple(timestep.shape)}")
+        raise ValueError(
+            f"timestep must be a scalar or hold one value per sample ({batch}); got shape {tuple(timestep.shape)}"
+        )
     return timestep.expand(batch)

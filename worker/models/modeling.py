@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Mapping, TypeVar
 
 import torch
 

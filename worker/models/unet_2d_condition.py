@@ -103,14 +103,7 @@ class UNet2DConditionModel(ModelMixin):
                          dropout=dropout, downsample_padding=downsample_padding,
                          use_linear_projection=use_linear_projection)
         self.down_blocks = nn.ModuleList(down_levels(spec, down_block_types, block_out_channels, levels["down"]))
-        self.mid_block = None
-        if mid_block_type is not None:
-            if mid_block_type not in MID_LAYERS:
-                raise ModelConfigError(f"unknown mid block type {mid_block_type!r}; known: {sorted(MID_LAYERS)}")
-            mid = replace(spec, in_channels=block_out_channels[-1], out_channels=block_out_channels[-1],
-                          **levels["mid"], num_layers=MID_LAYERS[mid_block_type],
-                          output_scale_factor=mid_block_scale_factor)
-            self.mid_block = build_block(MID_BLOCKS, "mid", mid_block_type, mid)
+        self.mid_block = _mid_block(spec, self.config, levels["mid"])
         self.up_blocks = nn.ModuleList(up_levels(spec, up_block_types, block_out_channels, levels["up"]))
         self.conv_norm_out = self.conv_act = None
         if norm_num_groups is not None:
@@ -233,6 +226,18 @@ class UNet2DConditionModel(ModelMixin):
             target = tuple(skips[-1].shape[2:]) if odd and i < len(self.up_blocks) - 1 else None
             h = block(h, level_skips, emb, context, mask, upsample_size=target)
         return h
+
+
+def _mid_block(spec: BlockSpec, config, overrides: dict[str, Any]) -> nn.Module | None:
+    name = config.mid_block_type
+    if name is None:
+        return None
+    if name not in MID_LAYERS:
+        raise ModelConfigError(f"unknown mid block type {name!r}; known: {sorted(MID_LAYERS)}")
+    channels = config.block_out_channels[-1]
+    mid = replace(spec, in_channels=channels, out_channels=channels, **overrides, num_layers=MID_LAYERS[name],
+                  output_scale_factor=config.mid_block_scale_factor)
+    return build_block(MID_BLOCKS, "mid", name, mid)
 
 
 def _mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
