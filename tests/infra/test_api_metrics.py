@@ -105,9 +105,3 @@ def test_redis_down_still_answers(client, store, redis_url, monkeypatch):
     assert samples[("kiln_redis_up", ())] == 0
     assert not any(name == "kiln_jobs" for name, _ in samples)
 
-
-def test_metrics_needs_no_api_key(redis_url, tmp_path):
-    """Prometheus scrapes without a key; the Ingress does not route /metrics to the outside."""
-    client = make_client(redis_url, tmp_path, "enabled")
-    assert client.get("/v1/jobs").status_code == 401
-    assert scrape(client)[("kiln_redis_up", ())] == 1
