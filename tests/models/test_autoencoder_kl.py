@@ -67,6 +67,20 @@ def test_slicing_matches_whole_batch(pair):
         assert torch.allclose(ours.encode(images).latent_dist.mean, whole_mean, atol=1e-5)
 
 
+def test_per_call_switches_leave_the_model_untouched(pair):
+    _, ours = pair
+    latents = torch.randn(2, 4, 10, 14)
+    with torch.no_grad():
+        plain = ours.decode(latents).sample
+        sliced = ours.decode(latents, slicing=True).sample
+        tiled = ours.decode(latents, tiling=True).sample
+        ours.enable_tiling()
+        assert torch.allclose(ours.decode(latents).sample, tiled, atol=1e-6)
+        assert torch.allclose(ours.decode(latents, tiling=False).sample, plain, atol=1e-6)
+    assert torch.allclose(sliced, plain, atol=1e-5)
+    assert not torch.allclose(tiled, plain, atol=1e-3)
+
+
 def test_tiling_matches_diffusers(pair):
     reference, ours = pair
     reference.enable_tiling()

@@ -79,19 +79,27 @@ class AutoencoderKL(ModelMixin):
     def disable_tiling(self) -> None:
         self.use_tiling = False
 
-    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
-        """x (B, 3, H, W) -> posterior with mean (B, latent_channels, H / f, W / f)."""
-        moments = self._per_sample(self._encode, x)
+    def encode(self, x: torch.Tensor, return_dict: bool = True, *, slicing: bool | None = None,
+               tiling: bool | None = None) -> AutoencoderKLOutput | tuple:
+        """x (B, 3, H, W) -> posterior with mean (B, latent_channels, H / f, W / f).
+
+        `slicing` / `tiling` override the model's switches for this call only, so a model shared
+        by concurrent jobs never needs its state flipped.
+        """
+        tiled = self.use_tiling if tiling is None else tiling
+        moments = self._per_sample(lambda one: self._encode(one, tiled), x, slicing)
         posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
-    def decode(self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
-               ) -> DecoderOutput | tuple:
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None, *,
+               slicing: bool | None = None, tiling: bool | None = None) -> DecoderOutput | tuple:
         """z (B, latent_channels, h, w), already unscaled -> images (B, 3, h * f, w * f).
 
         `generator` is accepted for signature compatibility; decoding draws no noise.
+        `slicing` / `tiling` override the model's switches for this call only.
         """
-        images = self._per_sample(self._decode, z)
+        tiled = self.use_tiling if tiling is None else tiling
+        images = self._per_sample(lambda one: self._decode(one, tiled), z, slicing)
         return DecoderOutput(sample=images) if return_dict else (images,)
 
     def forward(self, sample: torch.Tensor, sample_posterior: bool = False, return_dict: bool = True,
@@ -101,14 +109,14 @@ class AutoencoderKL(ModelMixin):
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)
 
-    def _per_sample(self, fn, x: torch.Tensor) -> torch.Tensor:
-        if self.use_slicing and x.shape[0] > 1:
+    def _per_sample(self, fn, x: torch.Tensor, slicing: bool | None) -> torch.Tensor:
+        if (self.use_slicing if slicing is None else slicing) and x.shape[0] > 1:
             return torch.cat([fn(one) for one in x.split(1)])
         return fn(x)
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, tiled: bool) -> torch.Tensor:
         """x (B, 3, H, W) -> moments (B, 2 * latent_channels, H / f, W / f)."""
-        if self.use_tiling and max(x.shape[-2:]) > self.tile_sample_min_size:
+        if tiled and max(x.shape[-2:]) > self.tile_sample_min_size:
             return tiled_apply(x, self._encode_tile, self.tile_sample_min_size, self.tile_latent_min_size,
                                self.tile_overlap_factor)
         return self._encode_tile(x)
@@ -117,8 +125,8 @@ class AutoencoderKL(ModelMixin):
         moments = self.encoder(x)
         return self.quant_conv(moments) if self.quant_conv is not None else moments
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.use_tiling and max(z.shape[-2:]) > self.tile_latent_min_size:
+    def _decode(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
+        if tiled and max(z.shape[-2:]) > self.tile_latent_min_size:
             return tiled_apply(z, self._decode_tile, self.tile_latent_min_size, self.tile_sample_min_size,
                                self.tile_overlap_factor)
         return self._decode_tile(z)
