@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 HERE = Path(__file__).resolve().parent
 # The runtime that only workers need; everything else in pyproject's dependencies is the API's too.
 WORKER_ONLY = ("torch", "numpy", "safetensors", "huggingface_hub", "transformers")
-EXTRA = ("prometheus_client",)  # until pyproject lists it
+EXTRA = ("prometheus-client",)  # until pyproject lists it
 NEVER = {"torch"}  # installed from the CUDA index by worker.Dockerfile
 
 
@@ -28,11 +28,22 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def project_dependencies() -> list[str]:
+def project_dependencies() -> tuple[list[str], list[str]]:
+    """(the API's requirements, the worker's), from pyproject.toml.
+
+    With a `worker` extra (torch and the model runtime split out of the core dependencies) the
+    core is the API's list; without one, `WORKER_ONLY` names are taken out of the core.
+    """
     import tomllib
 
-    data = tomllib.loads((HERE.parents[1] / "pyproject.toml").read_text())
-    return list(data["project"]["dependencies"]) + list(EXTRA)
+    project = tomllib.loads((HERE.parents[1] / "pyproject.toml").read_text())["project"]
+    listed = {canonical(Requirement(dep).name) for dep in project["dependencies"]}
+    core = list(project["dependencies"]) + [extra for extra in EXTRA if canonical(extra) not in listed]
+    runtime = project.get("optional-dependencies", {}).get("worker")
+    if runtime is not None:
+        return core, core + list(runtime)
+    worker_only = set(map(canonical, WORKER_ONLY))
+    return [d for d in core if canonical(Requirement(d).name) not in worker_only], core
 
 
 def closure(roots: list[str]) -> dict[str, str]:
@@ -64,10 +75,9 @@ def write(path: Path, pins: dict[str, str], about: str) -> None:
 
 
 def main() -> int:
-    deps = project_dependencies()
-    api = [d for d in deps if canonical(Requirement(d).name) not in map(canonical, WORKER_ONLY)]
+    api, worker = project_dependencies()
     write(HERE / "requirements-api.txt", closure(api), "The API image: no torch, no model runtime.")
-    write(HERE / "requirements-worker.txt", closure(deps),
+    write(HERE / "requirements-worker.txt", closure(worker),
           "The worker image, besides torch (installed from PyTorch's CUDA index).")
     return 0
 

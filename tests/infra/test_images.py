@@ -31,8 +31,10 @@ def pins(name: str) -> dict[str, str]:
 
 
 def pyproject_dependencies() -> list[Requirement]:
-    data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return [Requirement(dep) for dep in data["project"]["dependencies"]]
+    """The core dependencies and, once the runtime is split out of them, the `worker` extra."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    runtime = project.get("optional-dependencies", {}).get("worker", [])
+    return [Requirement(dep) for dep in project["dependencies"] + runtime]
 
 
 def dockerfile(name: str) -> str:
