@@ -52,4 +52,4 @@ def live_api(live_api_env: dict[str, str], tmp_path: Path) -> Iterator[LiveAPI]:
         yield LiveAPI(url, ADMIN_SECRET, log)
     finally:
         proc.send_signal(signal.SIGQUIT)  # quick shutdown: open keep-alive connections need no grace
-        stop_all([proc], timeout=10)
+        stop_all([proc], timeout=3)  # open event streams may hold a thread; then it is killed
