@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     for blueprint in (health.bp, jobs.bp, events.bp, models.bp, keys.bp, docs.bp):
         app.register_blueprint(blueprint)
+    from api.admin import bp as admin_bp; app.register_blueprint(admin_bp)  # noqa: E702  (the /admin dashboard)
     logger.info("Kiln API ready (storage=%s, auth=%s)", settings.storage, settings.auth)
     return app
 
