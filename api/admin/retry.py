@@ -1,0 +1,34 @@
+"""Retry: a new job with the same parameters, through the API's own submission path
+(`api.submit`: validation against the current catalog, quotas, input storage, fair queueing).
+
+The new job belongs to the original job's owner and key, so it shows in their listing and counts
+against their quota; its input images are the stored ones, copied under the new job's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from api import submit
+from api.app import Services
+from shared.auth import Principal
+from shared.ids import new_job_id
+from shared.inputs import INPUT_KEYS, Limits
+from shared.jobs.record import Job
+from shared.jobs.schema import JobRequest, resolve_request
+
+
+def retry_job(services: Services, job: Job) -> Job:
+    settings = services.settings
+    fields = {k: v for k, v in job.params.items() if k in JobRequest.model_fields and v is not None}
+    uploads = {name: services.storage.get(job.params[param])
+               for name, param in INPUT_KEYS.items() if job.params.get(param)}
+    request = JobRequest(**fields)
+    params = resolve_request(request, services.catalog, settings, frozenset(uploads))
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    key_id = services.store.redis.hget(services.store.job_key(job.id), "key_id") or job.owner
+    owner = Principal(key_id=key_id, owner=job.owner, role="user")
+    limits = Limits(settings.input_max_bytes, settings.input_max_pixels)
+    return submit._create(services, owner, new_job_id(), params,
+                          submit.Submission(request, uploads, digest), limits)
