@@ -53,11 +53,11 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         install_auth(app)
         _bootstrap_admin(settings)
 
-    from api.blueprints import docs, events, health, jobs, keys, models
+    from api.admin import bp as admin_bp
+    from api.blueprints import docs, events, health, jobs, keys, metrics, models
 
-    for blueprint in (health.bp, jobs.bp, events.bp, models.bp, keys.bp, docs.bp):
+    for blueprint in (health.bp, metrics.bp, jobs.bp, events.bp, models.bp, keys.bp, docs.bp, admin_bp):
         app.register_blueprint(blueprint)
-    from api.admin import bp as admin_bp; app.register_blueprint(admin_bp)  # noqa: E702  (the /admin dashboard)
     logger.info("Kiln API ready (storage=%s, auth=%s)", settings.storage, settings.auth)
     return app
 

@@ -17,8 +17,11 @@ from shared.errors import Forbidden, Unauthorized
 
 logger = logging.getLogger(__name__)
 
-# Endpoints anyone may call: probes and the API's own documentation.
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.livez", "docs.openapi", "docs.page", "static"})
+# Endpoints anyone may call: probes, Prometheus scrapes (kept inside the cluster by the ingress)
+# and the API's own documentation. The admin dashboard adds its pages at registration: it
+# authenticates them itself (session cookie or bearer), see `api.admin.session`.
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.livez", "metrics.metrics", "docs.openapi", "docs.page",
+                              "static"})
 
 
 def principal() -> Principal:
