@@ -19,7 +19,7 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -77,17 +77,15 @@ def sequential(loaded, family, n, steps) -> float:
     return time.perf_counter() - start
 
 
-def batched(loaded, family, n, steps) -> float:
+def batched(pool: ThreadPoolExecutor, loaded, family, n, steps) -> float:
+    """N jobs on the pool's long-lived threads, as the worker's Celery threads run them."""
     def target(k):
         with loaded.batcher.session() as session:
             run_one(loaded, family, k, steps, session)
 
-    threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
     start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for future in [pool.submit(target, k) for k in range(n)]:
+        future.result()
     return time.perf_counter() - start
 
 
@@ -107,7 +105,9 @@ def main() -> None:
     pipe, family = bundled_pipeline() if args.model == "bundled" else sd15_pipeline(args.latent)
     pipe = pipe.to(torch.device(args.device), getattr(torch, args.dtype))
     loaded = load_model(args.model, pipe, max_rows=64)
-    run_one(loaded, family, 0, 2)  # warm-up
+    pool = ThreadPoolExecutor(max(args.jobs))
+    run_one(loaded, family, 0, 2)  # warm-up, both paths, every pool thread
+    batched(pool, loaded, family, max(args.jobs), 2)
     print(f"model={args.model} steps={args.steps} device={args.device} dtype={args.dtype} "
           f"threads={torch.get_num_threads()}\n")
     print("| concurrent jobs | one at a time (images/s) | batched (images/s) | speed-up |")
@@ -116,7 +116,7 @@ def main() -> None:
         seq, bat = [], []
         for _ in range(args.repeats):  # alternate so drift in machine load hits both
             seq.append(sequential(loaded, family, n, args.steps))
-            bat.append(batched(loaded, family, n, args.steps))
+            bat.append(batched(pool, loaded, family, n, args.steps))
         s, b = statistics.median(seq), statistics.median(bat)
         print(f"| {n} | {n / s:.2f} | {n / b:.2f} | {s / b:.2f}× |", flush=True)
 
