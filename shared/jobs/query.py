@@ -15,6 +15,7 @@ throughput from a sample of the most recent finished jobs (bounded, `SAMPLE` rec
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -66,21 +67,27 @@ def index_key(store: JobStore, filt: JobFilter) -> str:
 
 
 def _window(store: JobStore, filt: JobFilter) -> list[tuple[str, float]]:
-    """The next `max_scan` index entries after the cursor, in the filter's order."""
-    key, low, high = index_key(store, filt), filt.since, filt.until
-    low = "-inf" if low is None else low
-    high = "+inf" if high is None else high
+    """Up to `max_scan + 1` index entries after the cursor, in the filter's order.
+
+    The cursor's score is an inclusive bound (several jobs may share a creation time), so the
+    read asks for as many extra entries as share that score, then drops those at or before it.
+    """
+    key = index_key(store, filt)
+    low = "-inf" if filt.since is None else filt.since
+    high = "+inf" if filt.until is None else filt.until
+    extra = store.redis.zcount(key, filt.cursor[0], filt.cursor[0]) if filt.cursor else 0
+    num = filt.max_scan + 1 + extra
     if filt.order == "desc":
         top = filt.cursor[0] if filt.cursor else high
-        entries = store.redis.zrevrangebyscore(key, top, low, start=0, num=filt.max_scan + 1, withscores=True)
+        entries = store.redis.zrevrangebyscore(key, top, low, start=0, num=num, withscores=True)
         if filt.cursor:  # equal scores come in reverse id order: keep only ids past the cursor's
             entries = [(i, s) for i, s in entries if s < filt.cursor[0] or i < filt.cursor[1]]
     else:
         bottom = filt.cursor[0] if filt.cursor else low
-        entries = store.redis.zrangebyscore(key, bottom, high, start=0, num=filt.max_scan + 1, withscores=True)
+        entries = store.redis.zrangebyscore(key, bottom, high, start=0, num=num, withscores=True)
         if filt.cursor:
             entries = [(i, s) for i, s in entries if s > filt.cursor[0] or i > filt.cursor[1]]
-    return entries
+    return entries[:filt.max_scan + 1]
 
 
 def find_jobs(store: JobStore, filt: JobFilter) -> Page:
@@ -155,7 +162,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1))
+    rank = max(0, math.ceil(0.95 * len(ordered)) - 1)  # nearest rank
     return {"p50": statistics.median(ordered), "p95": ordered[rank]}
 
 
