@@ -85,7 +85,7 @@ class BatchStats:
 class StepBatcher:
     """Runs the calls of many job threads on one module, batched at step boundaries."""
 
-    def __init__(self, module: torch.nn.Module, max_rows: int = 16, max_window_s: float = 0.05,
+    def __init__(self, module: torch.nn.Module, max_rows: int = 16, max_window_s: float = 0.25,
                  name: str = "model") -> None:
         self.module, self.max_rows, self.max_window_s, self.name = module, max_rows, max_window_s, name
         self.stats = BatchStats()
@@ -118,7 +118,9 @@ class StepBatcher:
     def _gather(self, first: StepRequest) -> list[StepRequest]:
         """The first request, then more until every in-loop job has asked or the window closes."""
         pending, rows = [first], first.rows
-        window = min(self.max_window_s, max(0.002, 0.25 * self._call_ema_s))
+        # Waiting for a straggler up to one model call's time is never worse than running it in a
+        # call of its own afterwards, and keeps the jobs stepping in phase.
+        window = min(self.max_window_s, max(0.002, self._call_ema_s))
         deadline = time.monotonic() + window
         while rows < self.max_rows:
             with self._lock:

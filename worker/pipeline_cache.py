@@ -66,6 +66,8 @@ class PipelineCache:
                 evicted, _ = self._entries.popitem(last=False)
                 self.stats["evictions"] += 1
                 logger.info("evicted pipeline %s to stay within %d bytes", evicted, self._budget)
+        if self.stats["evictions"] and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the evicted weights' memory back to the device
 
     def used_bytes(self) -> int:
         return sum(size for _, size in self._entries.values())

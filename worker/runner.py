@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+import torch
 from PIL import Image
 
 from shared.catalog import Catalog
@@ -88,6 +89,11 @@ class JobRunner:
             return Status.SUCCEEDED, outputs, None, timings
         except JobCanceled:
             return Status.CANCELED, [], None, timings
+        except torch.OutOfMemoryError as exc:  # already retried alone by the batcher
+            logger.error("job %s ran out of device memory", job.id)
+            error = JobError(f"out of device memory even when run alone ({exc}); ask for fewer images "
+                             "or a smaller size", code="out_of_memory")
+            return Status.FAILED, [], error.to_dict(), timings
         except JobError as exc:
             logger.warning("job %s failed: %s", job.id, exc.message)
             return Status.FAILED, [], exc.to_dict(), timings
