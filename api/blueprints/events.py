@@ -42,20 +42,22 @@ def events(job_id: str):
         services.streams.release()
         raise
     stream = stream_with_context(_stream(services, pubsub, job_id))
-    return Response(stream, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def _close() -> None:  # the server closes every response, even one never iterated
+        pubsub.close()
+        services.streams.release()
+    response.call_on_close(_close)
+    return response
 
 
 def _stream(services: Services, pubsub, job_id: str) -> Iterator[str]:
-    try:
-        yield "retry: 2000\n\n"
-        job = load_job(job_id)
-        yield _event("status", job_json(job), 0)
-        if not job.status.terminal:
-            yield from _relay(services, pubsub, job_id, job.status.value)
-    finally:
-        pubsub.close()
-        services.streams.release()
+    yield "retry: 2000\n\n"
+    job = load_job(job_id)
+    yield _event("status", job_json(job), 0)
+    if not job.status.terminal:
+        yield from _relay(services, pubsub, job_id, job.status.value)
 
 
 def _relay(services: Services, pubsub, job_id: str, status: str) -> Iterator[str]:

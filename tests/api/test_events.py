@@ -91,3 +91,20 @@ def test_terminal_job_stream_sends_one_event_and_ends(live_api):
     client.cancel(job["id"])
     events = list(client.stream(job["id"]))
     assert [e.event for e in events] == ["status"] and json.loads(events[0].data)["status"] == "canceled"
+
+
+def test_streams_are_capped_per_process_and_freed_on_close(redis_url, tmp_path):
+    from api.app import create_app
+    from shared.settings import load_settings
+
+    app = create_app(load_settings(redis_url=redis_url, storage_root=tmp_path, auth="disabled", sse_max_streams=2))
+    client = app.test_client()
+    job_id = client.post("/v1/jobs", json=GOOD).json["id"]
+    first, second = (client.get(f"/v1/jobs/{job_id}/events") for _ in range(2))
+    third = client.get(f"/v1/jobs/{job_id}/events")
+    assert third.status_code == 503 and third.json["error"]["code"] == "too_many_streams"
+    second.close()  # never read: closing still frees its slot
+    fourth = client.get(f"/v1/jobs/{job_id}/events")
+    assert fourth.status_code == 200
+    fourth.close()  # (last opened, first closed: the test client nests request contexts)
+    first.close()
