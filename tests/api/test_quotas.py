@@ -132,3 +132,16 @@ def test_dispatch_resends_what_a_dead_dispatcher_took(redis_url, tmp_path, monke
     dispatcher._send = lambda jid, queue: sent.append((jid, queue))
     dispatcher.dispatch_once()
     assert sent == [(job_id, "kiln.default")]
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_):
+        return app.test_client().post("/v1/jobs", json=GOOD, headers={"Idempotency-Key": "race"})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [202]
+    assert len({a.json["id"] for a in answers}) == 1
+    assert app.extensions["kiln"].store.count() == 1
