@@ -42,7 +42,7 @@ class JobFilter:
     order: Order = "desc"
     cursor: tuple[float, str] | None = None
     limit: int = 50
-    max_scan: int = 2000
+    max_scan: int = 1000
 
     def matches(self, job: Job) -> bool:
         return ((self.status is None or job.status.value == self.status)
