@@ -16,11 +16,13 @@ import time
 import redis
 
 from shared import services
+from shared.affinity import route
 from shared.auth import KeyStore
 from shared.celery_app import enqueue_job
 from shared.fairqueue import FairQueue
 from shared.settings import Settings, get_settings
 from shared.webhooks import WebhookConfig, Webhooks
+from shared.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 RESEND_AFTER_S = 30.0
@@ -44,14 +46,19 @@ class Dispatcher:
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         self.broker = redis.Redis.from_url(settings.celery_broker_url, decode_responses=True)
         self.fair = FairQueue(self.redis, settings.key_prefix)
+        self.registry = WorkerRegistry(self.redis, settings.key_prefix)
         self.webhooks = make_webhooks(settings, self.redis)
         self._send = send or self._celery_send
         self._celery = None
         self.stopped = threading.Event()
 
     def _celery_send(self, job_id: str, queue: str) -> None:
+        """Send to a worker already holding the job's model if one has room (`shared.affinity`)."""
         if self._celery is None:
             self._celery = services.celery(self.settings)
+        model = self.redis.hget(f"{self.settings.key_prefix}:job:{job_id}", "model")
+        if model:
+            queue = route(self.registry, self.broker, model, queue)
         enqueue_job(self._celery, job_id, queue)
 
     def dispatch_once(self) -> int:

@@ -10,14 +10,14 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=os.environ.get("KILN_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from worker.app import celery, settings
+    from worker.app import celery, queues, settings
 
     args = [
         "worker",
         # Threads: each takes one job and runs it in the model's shared step batch.
         "--pool=threads",
         f"--concurrency={settings.worker_slots}",
-        f"--queues={settings.worker_queues}",
+        f"--queues={','.join(queues())}",
         f"--hostname=kiln-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",

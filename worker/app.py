@@ -14,6 +14,7 @@ import time
 from celery.signals import worker_ready, worker_shutting_down
 
 from shared import services
+from shared.affinity import direct_queue, hand_back
 from shared.catalog import load_catalog
 from shared.celery_app import RUN_JOB_TASK, make_celery
 from shared.settings import get_settings
@@ -28,6 +29,12 @@ from worker.runner import JobRunner, new_worker_id
 logger = logging.getLogger("kiln.worker")
 settings = get_settings()
 celery = make_celery(settings)
+WORKER_ID = new_worker_id()
+
+
+def queues() -> list[str]:
+    """The shared queues from the settings, then this worker's direct queue (model affinity)."""
+    return [q for q in settings.worker_queues.split(",") if q] + [direct_queue(WORKER_ID)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,7 +63,7 @@ def runner() -> JobRunner:
 
     cache = PipelineCache(load, settings.pipeline_cache_bytes)
     return JobRunner(settings, services.job_store(settings), services.storage(settings), catalog, cache,
-                     new_worker_id())
+                     WORKER_ID)
 
 
 @celery.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -69,8 +76,7 @@ class StatusReporter:
 
     def __init__(self, r: JobRunner) -> None:
         self.runner = r
-        self.base = base_status(r.worker_id, placement().describe(), settings.worker_queues.split(","),
-                                settings.worker_slots)
+        self.base = base_status(r.worker_id, placement().describe(), queues(), settings.worker_slots)
         self._last = (time.monotonic(), 0)
 
     def __call__(self) -> WorkerStatus:
@@ -95,8 +101,10 @@ _threads: dict[str, object] = {}
 @worker_ready.connect
 def _start_background(**_: object) -> None:
     r = runner()
-    reaper = Reaper(r.store, celery, settings.reaper_interval_s, settings.max_attempts, grace_s=1.0)
-    heartbeat = Heartbeat(WorkerRegistry(r.store.redis, settings.key_prefix), StatusReporter(r))
+    registry = WorkerRegistry(r.store.redis, settings.key_prefix)
+    reaper = Reaper(r.store, celery, settings.reaper_interval_s, settings.max_attempts, grace_s=1.0,
+                    registry=registry)
+    heartbeat = Heartbeat(registry, StatusReporter(r))
     reaper.start()
     heartbeat.start()
     _threads.update(reaper=reaper, heartbeat=heartbeat)
@@ -114,3 +122,5 @@ def _stop_background(**_: object) -> None:
     reaper = _threads.get("reaper")
     if reaper is not None:
         reaper.stop()
+        moved = hand_back(reaper.broker, WORKER_ID, reaper.resend)
+        logger.info("handed %d waiting jobs back to the shared queues", moved)

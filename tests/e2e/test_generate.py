@@ -190,3 +190,29 @@ def test_lease_stops_a_second_copy_while_the_first_runs(stack_env, tmp_path):
         assert "not run: leased" in running.tail(limit=100_000)
     finally:
         running.stop()
+
+
+def test_two_workers_jobs_follow_the_worker_holding_their_model(stack_env, tmp_path, models_dir):
+    from tests.fixtures.stack import Stack
+
+    spec = {"source": str(models_dir / MODEL), "family": "ddpm", "default_width": 32, "default_height": 32,
+            "fixed_size": True, "default_scheduler": "ddim", "default_steps": 2}
+    catalog = tmp_path / "models.json"
+    catalog.write_text(json.dumps({"models": [{"name": "model-a", **spec}, {"name": "model-b", **spec}]}))
+    running = Stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path)
+    try:
+        running.start_api()
+        running.start_worker()
+        running.start_worker()
+        first = running.wait(running.submit(model="model-a", seed=1)["id"])
+        holder = first["worker"]
+        registry = WorkerRegistry(running.store.redis)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and holder not in registry.holders("model-a"):
+            time.sleep(0.2)
+        assert registry.holders("model-a") == [holder]
+        later = [running.wait(running.submit(model="model-a", seed=s)["id"]) for s in range(2, 6)]
+        assert [job["worker"] for job in later] == [holder] * 4, running.tail()
+        assert all(job["status"] == "succeeded" for job in later)
+    finally:
+        running.stop()
