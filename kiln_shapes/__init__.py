@@ -1,0 +1,1 @@
+"""kiln-shapes: a small Stable-Diffusion-architecture model of captioned shapes, trained by Kiln."""

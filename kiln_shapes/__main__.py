@@ -1,0 +1,57 @@
+"""Command line of kiln-shapes.
+
+    python -m kiln_shapes train [--unet-steps 2000 ...]   # train and export models/kiln-shapes
+    python -m kiln_shapes evaluate --model models/kiln-shapes --scheduler dpmpp_2m --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from kiln_shapes.train import TrainConfig, run
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+
+
+def _train(args: argparse.Namespace) -> None:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    run(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from kiln_shapes.evaluate import evaluate_model
+
+    result = evaluate_model(args.model, scheduler=args.scheduler, steps=args.steps, n_prompts=args.prompts,
+                            guidance_scale=args.guidance, seed=args.seed, grid_path=args.grid)
+    print(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m kiln_shapes")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train the model and export it")
+    _add_config_flags(train)
+    train.set_defaults(handler=_train)
+    evaluate = commands.add_parser("evaluate", help="prompt adherence of a model on held-out prompts")
+    evaluate.add_argument("--model", default="models/kiln-shapes")
+    evaluate.add_argument("--scheduler", default="dpmpp_2m")
+    evaluate.add_argument("--steps", type=int, default=20)
+    evaluate.add_argument("--prompts", type=int, default=100)
+    evaluate.add_argument("--guidance", type=float, default=4.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--grid", default=None, help="write a PNG grid of the first 32 images here")
+    evaluate.set_defaults(handler=_evaluate)
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
