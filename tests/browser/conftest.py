@@ -82,8 +82,8 @@ def browser_page():
             browser.close()
 
 
-def shoot(page, name: str) -> Path:
-    """A full-page screenshot into artifacts/screenshots/<name>.png."""
+def shoot(page, name: str, full_page: bool = True) -> Path:
+    """A screenshot (of the whole page, or of the window) into artifacts/screenshots/<name>.png."""
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path

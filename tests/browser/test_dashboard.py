@@ -36,7 +36,7 @@ def cancel_a_queued_job(page, stack, user_key: str) -> str:
     page.goto(f"{stack.url}/admin/jobs")
     page.locator(f'tr[data-job="{long["id"]}"] [data-role="status"]').filter(has_text="running").wait_for()
     page.check(f'input[name="job_id"][value="{queued["id"]}"]')
-    shoot(page, "jobs")
+    shoot(page, "jobs", full_page=False)
     page.click("text=Cancel selected queued jobs")
     assert "Canceled 1 queued job(s)" in page.locator(".flash").inner_text()
     assert stack.job(queued["id"])["status"] == "canceled"
@@ -76,7 +76,7 @@ def filter_jobs(page, stack) -> None:
     assert statuses and set(statuses) == {"canceled"}
     real = page.locator("tbody tr", has_text="owner-alice")
     assert real.count() == 2
-    shoot(page, "jobs-filtered")
+    shoot(page, "jobs-filtered", full_page=False)
 
 
 def open_a_worker(page, stack) -> None:
