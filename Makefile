@@ -32,6 +32,10 @@ system-deps:
 	  echo "installing redis-server"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (the dashboard's browser tests drive it; Playwright never downloads one)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
 test: test-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
