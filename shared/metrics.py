@@ -130,26 +130,6 @@ def observe_step(batch_size: int, seconds: float) -> None:
         STEPS_PER_SECOND.set(batch_size / seconds)
 
 
-class StepTimer:
-    """A step callback wrapper for pipelines that report steps one job at a time.
-
-    `on_step(step, total)` is called by the pipeline after each step; the time since the
-    previous call (or since `start()`) is that step's duration, with a batch of one.
-    """
-
-    def __init__(self, batch_size: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.batch_size, self._clock = batch_size, clock
-        self._last = clock()
-
-    def start(self) -> None:
-        self._last = self._clock()
-
-    def on_step(self, step: int, total: int) -> None:
-        now = self._clock()
-        observe_step(self.batch_size, now - self._last)
-        self._last = now
-
-
 # --- pipeline cache ---------------------------------------------------------------------------
 class CacheLike(Protocol):
     """What `worker.pipeline_cache.PipelineCache` offers (duck-typed: this module is torch-free)."""

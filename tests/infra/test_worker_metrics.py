@@ -84,18 +84,6 @@ def test_steps_count_job_steps_and_batches(server):
         metrics.observe_step(0, 0.1)
 
 
-def test_step_timer_times_each_step():
-    ticks = iter([10.0, 10.25, 10.75])
-    timer = metrics.StepTimer(clock=lambda: next(ticks))
-    before = metrics.STEP_TIME.collect()[0]
-    before_sum = next(s.value for s in before.samples if s.name.endswith("_sum"))
-    timer.on_step(1, 2)
-    timer.on_step(2, 2)
-    after = metrics.STEP_TIME.collect()[0]
-    after_sum = next(s.value for s in after.samples if s.name.endswith("_sum"))
-    assert after_sum - before_sum == pytest.approx(0.75)
-
-
 def test_pipeline_cache_counters_read_at_scrape(server):
     cache = PipelineCache(lambda name: SimpleNamespace(components={}), budget_bytes=1024)
     metrics.bind_pipeline_cache(cache, budget_bytes=1024)
