@@ -181,6 +181,7 @@ def bind_pipeline_cache(cache: CacheLike, budget_bytes: int | None = None) -> No
 
 
 # --- cluster state (API) ----------------------------------------------------------------------
+WORKER_STATES = ("online", "stopping", "stale")  # shared.workers: heartbeat states, stale = silent
 class ClusterCollector(Collector):
     """Jobs by status and queue depths, read from Redis at scrape time.
 
@@ -191,10 +192,13 @@ class ClusterCollector(Collector):
             transport keeps each queue as a Redis list of that name).
         fair: a `shared.fairqueue.FairQueue`, whose per-key lists hold the jobs not yet sent to
             Celery, or None.
+        workers: a `shared.workers.WorkerRegistry` (the workers' heartbeats), or None.
     """
 
-    def __init__(self, store: Any, broker: Any, queues: Callable[[], Iterable[str]], fair: Any = None) -> None:
-        self.store, self.broker, self.queues, self.fair = store, broker, queues, fair
+    def __init__(self, store: Any, broker: Any, queues: Callable[[], Iterable[str]], fair: Any = None,
+                 workers: Any = None) -> None:
+        self.store, self.broker, self.queues = store, broker, queues
+        self.fair, self.workers = fair, workers
 
     def collect(self) -> Iterator[Any]:
         try:
@@ -203,6 +207,8 @@ class ClusterCollector(Collector):
                 families.append(self._queue_depth())
             if self.fair is not None:
                 families.append(self._waiting())
+            if self.workers is not None:
+                families.append(self._workers())
             up = 1
         except redis.RedisError as exc:  # a scrape must still answer, saying Redis is down
             logger.warning("metrics: Redis unavailable: %s", exc)
@@ -232,6 +238,16 @@ class ClusterCollector(Collector):
             waiting.add_metric([queue], self.fair.waiting(queue))
         return waiting
 
+    def _workers(self) -> GaugeMetricFamily:
+        counts = dict.fromkeys(WORKER_STATES, 0)
+        for worker in self.workers.list():
+            state = "stale" if worker.stale else worker.state
+            counts[state] = counts.get(state, 0) + 1
+        family = GaugeMetricFamily(f"{NAMESPACE}_workers", "Workers by heartbeat state", labels=["state"])
+        for state, count in counts.items():
+            family.add_metric([state], count)
+        return family
+
     def _oldest_queued(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"{NAMESPACE}_oldest_queued_job_age_seconds",
                                  "Age of the oldest job still queued (0 when none is)",
@@ -244,8 +260,8 @@ class ClusterCollector(Collector):
 
 
 def cluster_registry(store: Any, broker: Any, queues: Callable[[], Iterable[str]],
-                     fair: Any = None) -> CollectorRegistry:
+                     fair: Any = None, workers: Any = None) -> CollectorRegistry:
     """A registry holding only the cluster-state collector (what the API's `/metrics` serves)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(store, broker, queues, fair))
+    registry.register(ClusterCollector(store, broker, queues, fair, workers))
     return registry

@@ -1,7 +1,7 @@
 """`GET /metrics`: cluster state in the Prometheus text format.
 
-Jobs by status, the jobs waiting for fair dispatch and the depth of every Celery queue are read
-from Redis at scrape time, so each
+Jobs by status, the jobs waiting for fair dispatch, the depth of every Celery queue and the
+workers by heartbeat state are read from Redis at scrape time, so each
 gunicorn process answers the same numbers. Scrape it inside the cluster: the Ingress in
 `infra/k8s` does not route `/metrics`.
 """
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from api.app import kiln
 from shared.celery_app import DEFAULT_QUEUE
 from shared.metrics import cluster_registry
+from shared.workers import WorkerRegistry
 
 bp = Blueprint("metrics", __name__)
 
@@ -39,8 +40,9 @@ def _registry() -> CollectorRegistry:
         services = kiln()
         catalog_queues = _queues()
         broker = _broker_client(services.settings.celery_broker_url)
+        workers = WorkerRegistry(services.store.redis, services.settings.key_prefix)
         registry = cluster_registry(services.store, broker, lambda: catalog_queues,
-                                    getattr(services, "fair", None))
+                                    getattr(services, "fair", None), workers)
         current_app.extensions[_REGISTRY_KEY] = registry
     return registry
 

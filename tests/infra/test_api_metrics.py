@@ -14,6 +14,7 @@ from shared.fairqueue import FairQueue
 from shared.jobs.record import Status
 from shared.jobs.store import JobStore
 from shared.settings import load_settings
+from shared.workers import WorkerRegistry, WorkerStatus
 
 PARAMS = {"model": "kiln-ddpm-tiny", "task": "unconditional", "seed": 1}
 
@@ -63,6 +64,19 @@ def test_empty_cluster_reads_zero(client):
     assert depth(samples) == 0
     assert samples[("kiln_queue_waiting", (("queue", "kiln.default"),))] == 0
     assert samples[("kiln_oldest_queued_job_age_seconds", ())] == 0
+
+
+def test_workers_are_counted_by_heartbeat_state(client, redis_url):
+    registry = WorkerRegistry(redis.Redis.from_url(redis_url, decode_responses=True), "kiln")
+    for n, state in enumerate(["online", "online", "stopping"]):
+        registry.announce(WorkerStatus(id=f"w{n}", host="h", pid=n, device="cpu", queues=["kiln.default"],
+                                       slots=8, started_at=time.time(), state=state), ttl_s=30)
+    registry.announce(WorkerStatus(id="gone", host="h", pid=9, device="cpu", queues=[], slots=1,
+                                   started_at=time.time()), ttl_s=0.05)
+    time.sleep(0.1)  # its record expires; its index entry stays: stale
+    samples = scrape(client)
+    counts = {state: samples[("kiln_workers", (("state", state),))] for state in ("online", "stopping", "stale")}
+    assert counts == {"online": 2, "stopping": 1, "stale": 1}
 
 
 def test_fair_queue_backlog_is_counted_per_queue(client, redis_url):

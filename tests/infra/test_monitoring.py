@@ -32,9 +32,10 @@ def exposed_names() -> set[str]:
                                  redis=SimpleNamespace(zrange=lambda *a, **k: []))
     fake_broker = SimpleNamespace(llen=lambda queue: 0)
     fake_fair = SimpleNamespace(queues=lambda: [], waiting=lambda queue: 0)
+    fake_workers = SimpleNamespace(list=lambda: [])
     cache = SimpleNamespace(stats={"hits": 0, "loads": 0, "evictions": 0}, used_bytes=lambda: 0, names=lambda: [])
     registry = CollectorRegistry()
-    registry.register(ClusterCollector(fake_store, fake_broker, lambda: ["kiln.default"], fake_fair))
+    registry.register(ClusterCollector(fake_store, fake_broker, lambda: ["kiln.default"], fake_fair, fake_workers))
     registry.register(PipelineCacheCollector(cache, budget_bytes=1))
     names = {f"kiln_device_memory_{reading}_bytes" for reading in DEVICE_MEMORY_READINGS}
     for family in _families(registry) + _families(WORKER_REGISTRY):
