@@ -80,7 +80,8 @@ class JobRunner:
             timings["load_s"] = round(time.time() - started, 4)
             t0 = time.time()
             spec = self.catalog.get(job.model)
-            images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease))
+            images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease),
+                                self._input_images(job))
             timings["model_s"] = round(time.time() - t0, 4)
             t0 = time.time()
             outputs = self._store_images(job, images)
@@ -108,6 +109,15 @@ class JobRunner:
         except Exception as exc:
             logger.exception("could not load model %s", job.model)
             raise ModelLoadError(f"model {job.model!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+    def _input_images(self, job: Job) -> dict[str, Image.Image]:
+        """The job's input images (validated and stored as PNG by the API), as pipeline arguments."""
+        inputs = {}
+        for param, argument, mode in (("image_key", "image", "RGB"), ("mask_key", "mask_image", "L")):
+            key = job.params.get(param)
+            if key:
+                inputs[argument] = Image.open(io.BytesIO(self.storage.get(key))).convert(mode)
+        return inputs
 
     def _step_hook(self, job_id: str, token: str, lease: LeaseKeeper):
         last = [0.0]
