@@ -1,7 +1,9 @@
 """Command line of kiln-shapes.
 
     python -m kiln_shapes train [--unet-steps 2000 ...]   # train and export models/kiln-shapes
+    python -m kiln_shapes export --work-dir ... --weights raw   # export a checkpoint as it stands
     python -m kiln_shapes evaluate --model models/kiln-shapes --scheduler dpmpp_2m --steps 20
+    python -m kiln_shapes sweep dpmpp_2m:20:100 ddim:20:50 --grid-dir docs/images
 """
 
 from __future__ import annotations
@@ -25,12 +27,29 @@ def _train(args: argparse.Namespace) -> None:
     run(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from kiln_shapes.train import export_checkpoint
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    export_checkpoint(cfg, weights=args.weights, scaling_factor=args.scaling_factor)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from kiln_shapes.evaluate import evaluate_model
 
     result = evaluate_model(args.model, scheduler=args.scheduler, steps=args.steps, n_prompts=args.prompts,
                             guidance_scale=args.guidance, seed=args.seed, grid_path=args.grid)
     print(json.dumps(result, indent=2))
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from kiln_shapes.evaluate import markdown_table, sweep
+
+    settings = [(name, int(steps), int(prompts)) for name, steps, prompts in (s.split(":") for s in args.settings)]
+    rows = sweep(args.model, settings, guidance_scale=args.guidance, grid_dir=args.grid_dir)
+    print(json.dumps(rows, indent=2))
+    print(markdown_table(rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     train = commands.add_parser("train", help="train the model and export it")
     _add_config_flags(train)
     train.set_defaults(handler=_train)
+    export = commands.add_parser("export", help="export the pipeline from a training checkpoint")
+    _add_config_flags(export)
+    export.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    export.add_argument("--scaling-factor", type=float, default=None, help="default: from work-dir/latents.pt")
+    export.set_defaults(handler=_export)
     evaluate = commands.add_parser("evaluate", help="prompt adherence of a model on held-out prompts")
     evaluate.add_argument("--model", default="models/kiln-shapes")
     evaluate.add_argument("--scheduler", default="dpmpp_2m")
@@ -49,6 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--grid", default=None, help="write a PNG grid of the first 32 images here")
     evaluate.set_defaults(handler=_evaluate)
+    sweep = commands.add_parser("sweep", help="accuracy table over schedulers and step counts")
+    sweep.add_argument("settings", nargs="+", help="scheduler:steps:prompts, e.g. dpmpp_2m:20:100")
+    sweep.add_argument("--model", default="models/kiln-shapes")
+    sweep.add_argument("--guidance", type=float, default=4.0)
+    sweep.add_argument("--grid-dir", default=None, help="write kiln-shapes-SCHEDULER-STEPS.png grids here")
+    sweep.set_defaults(handler=_sweep)
     args = parser.parse_args(argv)
     args.handler(args)
 

@@ -67,10 +67,13 @@ def all_combinations() -> list[tuple[str, str, str, str, str]]:
 
 
 def split_combinations(n_held_out: int = 100, seed: int = 1234) -> tuple[list[tuple], list[tuple]]:
-    """(train, held_out): `n_held_out` combinations never shown in training, chosen by `seed`."""
+    """(train, held_out): `n_held_out` combinations never shown in training, chosen by `seed`.
+
+    The held-out list is in random (fixed) order, so any prefix of it is a varied sample.
+    """
     combos = all_combinations()
     order = np.random.default_rng(seed).permutation(len(combos))
-    held = sorted(int(i) for i in order[:n_held_out])
+    held = [int(i) for i in order[:n_held_out]]
     held_set = set(held)
     return [c for i, c in enumerate(combos) if i not in held_set], [combos[i] for i in held]
 

@@ -15,12 +15,15 @@ size, and the background:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import NamedTuple
 
 import numpy as np
 
 from kiln_shapes import data
+
+logger = logging.getLogger(__name__)
 
 MIN_LAB_DISTANCE = 25.0  # a pixel this far (Lab units) from the background may belong to the object
 SQUARE_FILL = 0.87  # fill ratio at or above this: square
@@ -182,12 +185,12 @@ def save_grid(images: np.ndarray, path: str, columns: int = 8, scale: int = 2) -
 
 
 def evaluate_model(model: str, scheduler: str = "dpmpp_2m", steps: int = 20, n_prompts: int = 100,
-                   guidance_scale: float = 4.0, seed: int = 0, grid_path: str | None = None) -> dict:
+                   guidance_scale: float = 4.0, seed: int = 0, grid_path: str | None = None, pipe=None) -> dict:
     """Accuracy of a kiln-shapes model on held-out prompts with one scheduler and step count."""
     from worker.pipelines import DiffusionPipeline
     from worker.schedulers import build_scheduler
 
-    pipe = DiffusionPipeline.from_pretrained(model)
+    pipe = pipe or DiffusionPipeline.from_pretrained(model)
     pipe.scheduler = build_scheduler(scheduler, pipe.scheduler)
     scenes = held_out_scenes(n_prompts)
     images = generate(pipe, [data.caption(s) for s in scenes], steps, guidance_scale, seed)
@@ -195,3 +198,26 @@ def evaluate_model(model: str, scheduler: str = "dpmpp_2m", steps: int = 20, n_p
         save_grid(images, grid_path)
     return {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "prompts": len(scenes),
             **score(scenes, images)}
+
+
+def sweep(model: str, settings: list[tuple[str, int, int]], guidance_scale: float = 4.0,
+          grid_dir: str | None = None) -> list[dict]:
+    """`evaluate_model` for each (scheduler, steps, prompts), loading the model once; grids in `grid_dir`."""
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model)
+    rows = []
+    for scheduler, steps, n_prompts in settings:
+        grid = f"{grid_dir}/kiln-shapes-{scheduler}-{steps}.png" if grid_dir else None
+        rows.append(evaluate_model(model, scheduler, steps, n_prompts, guidance_scale, grid_path=grid, pipe=pipe))
+        logger.info("%s", rows[-1])
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of `sweep` as a Markdown table (accuracies in percent)."""
+    lines = ["| scheduler | steps | prompts | " + " | ".join(FIELDS) + " |", "|---" * (3 + len(FIELDS)) + "|"]
+    for row in rows:
+        cells = [row["scheduler"], str(row["steps"]), str(row["prompts"]), *(f"{100 * row[f]:.0f} %" for f in FIELDS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -260,8 +260,17 @@ def resume(cfg: TrainConfig, state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- export
-def export(cfg: TrainConfig, state: dict[str, Any], tokenizer: Any, scaling_factor: float) -> Path:
-    """Save the EMA weights as a Stable Diffusion pipeline (fp16 files) in `cfg.out_dir`."""
+def export(cfg: TrainConfig, state: dict[str, Any], tokenizer: Any, scaling_factor: float,
+           weights: str = "ema") -> Path:
+    """Save a Stable Diffusion pipeline (fp16 files) in `cfg.out_dir`.
+
+    Args:
+        weights: "ema" (the exponential moving average of the UNet and text encoder) or "raw"
+            (the optimiser's current weights; better when training stopped early).
+    """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    prefix = "ema_" if weights == "ema" else ""
     from worker.models import AutoencoderKL
     from worker.pipelines import StableDiffusionPipeline
     from worker.schedulers import DPMSolverMultistepScheduler
@@ -269,13 +278,33 @@ def export(cfg: TrainConfig, state: dict[str, Any], tokenizer: Any, scaling_fact
     vae = AutoencoderKL.from_config(dict(state["vae"].config), scaling_factor=scaling_factor)
     vae.load_state_dict({k: v.cpu() for k, v in state["vae"].state_dict().items()})
     pipe = StableDiffusionPipeline(
-        vae=vae.half(), text_encoder=copy.deepcopy(state["ema_text_encoder"]).cpu().half(), tokenizer=tokenizer,
-        unet=copy.deepcopy(state["ema_unet"]).cpu().half(),
+        vae=vae.half(), text_encoder=copy.deepcopy(state[prefix + "text_encoder"]).cpu().half(), tokenizer=tokenizer,
+        unet=copy.deepcopy(state[prefix + "unet"]).cpu().half(),
         scheduler=DPMSolverMultistepScheduler(**models.scheduler_config()),
     )
     folder = pipe.save_pretrained(cfg.out_dir)
     logger.info("saved kiln-shapes pipeline to %s", folder)
     return Path(folder)
+
+
+def cached_latents(cfg: TrainConfig, vae: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`encode_dataset`, saved to (and on resume read from) `work_dir/latents.pt`."""
+    path = Path(cfg.work_dir) / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    latents = encode_dataset(cfg, vae, images)
+    torch.save(latents, path)
+    return latents
+
+
+def export_checkpoint(cfg: TrainConfig, weights: str = "ema", scaling_factor: float | None = None) -> Path:
+    """Export the pipeline from `work_dir/checkpoint.pt` as it stands (e.g. to stop a run early)."""
+    tokenizer = build_tokenizer(Path(cfg.work_dir) / "tokenizer")
+    state = initial_state(cfg, tokenizer)
+    resume(cfg, state)
+    if scaling_factor is None:
+        scaling_factor = float(torch.load(Path(cfg.work_dir) / "latents.pt", weights_only=True)["scaling_factor"])
+    return export(cfg, state, tokenizer, scaling_factor, weights)
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -292,7 +321,7 @@ def run(cfg: TrainConfig) -> Path:
         train_vae(cfg, state, dataset)
         state["phase"], state["step"] = "unet", 0
         maybe_checkpoint(cfg, state, force=True)
-    state["latents"] = encode_dataset(cfg, state["vae"], dataset["images"])
+    state["latents"] = cached_latents(cfg, state["vae"], dataset["images"])
     state["ids"] = tokenize(tokenizer, dataset["captions"])
     state["empty_ids"] = tokenize(tokenizer, [""])[0]
     train_unet(cfg, state)

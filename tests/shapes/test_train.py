@@ -38,6 +38,15 @@ def test_tiny_training_exports_a_pipeline_kiln_runs(tmp_path):
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
+def test_checkpoint_exports_raw_or_ema_weights(tmp_path):
+    cfg = tiny_config(tmp_path, "b", ema_decay=0.5)
+    ema = unet_weights(train.run(cfg))
+    raw = unet_weights(train.export_checkpoint(dataclasses.replace(cfg, out_dir=str(tmp_path / "raw")), "raw"))
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    with pytest.raises(ValueError, match="'ema' or 'raw'"):
+        train.export_checkpoint(cfg, "best")
+
+
 @pytest.mark.slow
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     straight = train.run(tiny_config(tmp_path, "straight"))
