@@ -22,19 +22,17 @@ import logging
 import os
 import secrets
 
-from werkzeug.exceptions import HTTPException
+import redis
 from flask import Blueprint, Flask, abort, current_app, g, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import HTTPException
 
 import api.auth
-from shared.errors import KilnError
 from shared.auth import LOCAL_PRINCIPAL, Principal
+from shared.errors import KilnError, NotFound
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")
-SIGNIN_ENDPOINTS = frozenset({"admin.login", "admin.static"})
-
-
 ENDPOINTS: set[str] = {"admin.static"}  # every dashboard endpoint, filled by `page`
 
 
@@ -59,7 +57,7 @@ def _secret_key(app: Flask) -> str:
         key = f"{services.settings.key_prefix}:admin:secret_key"
         client.set(key, secrets.token_hex(32), nx=True)
         return client.get(key)
-    except Exception as exc:  # Redis down at start: sessions then last until this process exits
+    except redis.RedisError as exc:  # Redis down at start: sessions then last until this process exits
         logger.warning("KILN_SECRET_KEY is unset and Redis is unreachable (%s): using a random "
                        "per-process secret; dashboard sessions will not survive a restart", exc)
         return secrets.token_hex(32)
@@ -100,11 +98,14 @@ def current_admin() -> Principal | None:
     key_id = session.get("key_id")
     if not key_id:
         return None
-    raw = keys.redis.hgetall(keys._key(key_id))
-    if not raw or raw.get("revoked_at") or raw.get("role") != "admin":
+    try:
+        key = keys.get(key_id)
+    except NotFound:
+        key = None
+    if key is None or key["revoked_at"] or key["role"] != "admin":
         session.clear()
         return None
-    return Principal(key_id=key_id, owner=raw["owner"], role="admin")
+    return Principal(key_id=key_id, owner=key["owner"], role="admin")
 
 
 def _admin_or_403(found: Principal | None) -> Principal:

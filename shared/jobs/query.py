@@ -98,7 +98,7 @@ def find_jobs(store: JobStore, filt: JobFilter) -> Page:
     consumed = 0
     for start in range(0, len(window), 200):  # read records in chunks: stop early once full
         chunk = window[start:start + 200]
-        for (job_id, _), raw in zip(chunk, store._hashes([i for i, _ in chunk])):
+        for (job_id, _), raw in zip(chunk, _records(store, [i for i, _ in chunk])):
             if len(jobs) == filt.limit:
                 break
             consumed += 1
@@ -111,6 +111,13 @@ def find_jobs(store: JobStore, filt: JobFilter) -> Page:
         return Page(jobs, None, consumed)
     job_id, score = entries[consumed - 1]
     return Page(jobs, encode_cursor(score, job_id), consumed)
+
+
+def _records(store: JobStore, ids: list[str]) -> list[dict[str, str]]:
+    pipe = store.redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(store.job_key(job_id))
+    return pipe.execute() if ids else []
 
 
 # Overview -------------------------------------------------------------------------------------
