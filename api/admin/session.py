@@ -43,6 +43,7 @@ def _setup(state) -> None:
     api.auth.PUBLIC_ENDPOINTS = api.auth.PUBLIC_ENDPOINTS | frozenset(ENDPOINTS)
     app.config["SESSION_COOKIE_NAME"] = "kiln_admin"
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = app.extensions["kiln"].settings.public_url.startswith("https://")
     if not app.secret_key:
         app.secret_key = _secret_key(app)
 
