@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch is pinned: 2.13.0 is the CPU build (an open range would pull a multi-GB CUDA build).
 TORCH := torch==2.13.0
 
-.PHONY: up setup test test-setup system-deps bundled-model bench clean
+.PHONY: up setup test test-setup system-deps bundled-model bench clean images pin
 
 up: setup system-deps
 	$(PY) -m shared.localstack
@@ -45,3 +45,11 @@ bundled-model: setup
 
 clean:
 	rm -rf var .pytest_cache
+
+# Container images (needs Docker); `pin` rewrites infra/docker/requirements-*.txt from this venv.
+images:
+	docker build -f infra/docker/api.Dockerfile -t kiln-api:0.1.0 .
+	docker build -f infra/docker/worker.Dockerfile -t kiln-worker:0.1.0-cuda .
+
+pin: setup
+	$(PY) infra/docker/pin_requirements.py

@@ -17,6 +17,7 @@ from shared.catalog import load_catalog
 from shared.dispatcher import make_webhooks
 from shared.fairqueue import FairQueue
 from shared.idempotency import Idempotency
+from shared.logging import install_request_id
 from shared.ratelimit import Quotas
 from shared.settings import Settings, get_settings
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         app.config.update(test_config)
     app.extensions["kiln"] = Services(settings)
     register_error_handlers(app)
+    install_request_id(app)  # before auth, so refused requests get an id too
     with app.app_context():
         install_auth(app)
         _bootstrap_admin(settings)

@@ -18,6 +18,7 @@ from shared.ids import new_job_id
 from shared.inputs import INPUT_KEYS, Limits, decode_base64, fetch, input_key, normalize
 from shared.jobs.record import Job
 from shared.jobs.schema import JobRequest, parse_request, resolve_request
+from shared.logging import current_request_id
 
 UPLOAD_FIELDS = ("image", "mask_image")
 
@@ -87,7 +88,10 @@ def _create(services: Services, who: Principal, job_id: str, params: dict, sub: 
     try:
         params.update(_store_inputs(services, job_id, sub, limits))
         queue = services.catalog.get(params["model"]).celery_queue
-        job = services.store.create(job_id, who.owner, params, queue, extra={"key_id": who.key_id})
+        extra = {"key_id": who.key_id}
+        if request_id := current_request_id():
+            extra["request_id"] = request_id  # the worker logs the job's lines with it
+        job = services.store.create(job_id, who.owner, params, queue, extra=extra)
     except Exception:
         services.quotas.release(who.key_id, job_id)
         raise

@@ -109,6 +109,7 @@ def main() -> int:
            "KILN_STORAGE": os.environ.get("KILN_STORAGE", "local"),
            # Single-user mode unless told otherwise: said out loud in the banner.
            "KILN_AUTH": os.environ.get("KILN_AUTH", "disabled"),
+           "KILN_LOG_FORMAT": os.environ.get("KILN_LOG_FORMAT", "text"),  # JSON is for log shippers
            "KILN_STORAGE_ROOT": os.environ.get("KILN_STORAGE_ROOT", str(var / "outputs")),
            "KILN_MODELS_DIR": os.environ.get("KILN_MODELS_DIR", str(var / "models"))}
     subprocess.run([PYTHON, "-m", "worker.bundled", str(Path(env["KILN_MODELS_DIR"]) / "kiln-ddpm-tiny")],

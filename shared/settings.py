@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(default=16, ge=1, description="most samples in one batched model call")
     pipeline_cache_bytes: int = Field(default=8 * 1024**3, ge=0)
     progress_interval_s: float = Field(default=0.25, ge=0)
+    metrics_port: int = Field(default=9400, ge=0, le=65535, description="worker /metrics + health port; 0: off")
+
+    # Logs (shared.logging.configure_logging).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     @model_validator(mode="after")
     def _check_s3(self) -> "Settings":

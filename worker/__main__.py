@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
+from shared.logging import configure_logging
+from shared.settings import get_settings
+
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("KILN_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from worker.app import celery, queues, settings
+    configure_logging(get_settings().log_level, get_settings().log_format)
+    from worker.app import celery, queues, settings, start_metrics
+
+    start_metrics()  # /livez answers while Celery starts; /healthz once it is ready
 
     args = [
         "worker",
@@ -21,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         f"--hostname=kiln-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
-        f"--loglevel={os.environ.get('KILN_LOG_LEVEL', 'INFO')}",
+        f"--loglevel={settings.log_level}",
         *(sys.argv[1:] if argv is None else argv),
     ]
     celery.worker_main(args)

@@ -17,11 +17,14 @@ from shared import services
 from shared.affinity import direct_queue, hand_back
 from shared.catalog import load_catalog
 from shared.celery_app import RUN_JOB_TASK, make_celery
+from shared.logging import set_worker_id
+from shared.metrics import bind_pipeline_cache, describe_worker
 from shared.settings import get_settings
 from shared.workers import WorkerRegistry, WorkerStatus
 from worker.device import Placement, choose_placement
 from worker.execute import LoadedModel, load_model
 from worker.heartbeat import Heartbeat, base_status
+from worker.metrics import MetricsServer, bind_device_memory, redis_health, start_metrics_server
 from worker.pipeline_cache import PipelineCache
 from worker.reaper import Reaper
 from worker.runner import JobRunner, new_worker_id
@@ -62,8 +65,23 @@ def runner() -> JobRunner:
         return load_model(name, pipe.to(placement().device), settings.max_batch_rows)
 
     cache = PipelineCache(load, settings.pipeline_cache_bytes)
+    set_worker_id(WORKER_ID)
+    bind_pipeline_cache(cache, settings.pipeline_cache_bytes)
+    bind_device_memory(str(placement().device))
+    describe_worker(WORKER_ID, str(placement().device), str(placement().dtype).removeprefix("torch."),
+                    ",".join(queues()), settings.worker_slots)
     return JobRunner(settings, services.job_store(settings), services.storage(settings), catalog, cache,
                      WORKER_ID)
+
+
+_metrics: MetricsServer | None = None
+
+
+def start_metrics() -> None:
+    """Serve /metrics, /livez and /healthz on KILN_METRICS_PORT from process start."""
+    global _metrics
+    _metrics = start_metrics_server(settings.metrics_port,
+                                    health=redis_health(services.job_store(settings).redis))
 
 
 @celery.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -108,6 +126,8 @@ def _start_background(**_: object) -> None:
     reaper.start()
     heartbeat.start()
     _threads.update(reaper=reaper, heartbeat=heartbeat)
+    if _metrics is not None:
+        _metrics.mark_ready()
     logger.info("worker %s ready; queues %s; %d job slots", r.worker_id, settings.worker_queues,
                 settings.worker_slots)
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from shared.metrics import observe_step
+
 logger = logging.getLogger(__name__)
 
 
@@ -190,6 +192,7 @@ class StepBatcher:
         self.stats.seconds += elapsed
         self.stats.last_batch_rows, self.stats.last_batch_jobs = rows, len(group)
         self._call_ema_s = elapsed if not self._call_ema_s else 0.8 * self._call_ema_s + 0.2 * elapsed
+        observe_step(len(group), elapsed)
 
     # -- membership -------------------------------------------------------------------------
     def _join(self) -> None:

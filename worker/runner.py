@@ -21,6 +21,8 @@ from shared.catalog import Catalog
 from shared.errors import JobCanceled, JobError, ModelLoadError, PipelineError
 from shared.jobs.record import Job, Output, Status
 from shared.jobs.store import JobStore
+from shared.logging import log_context
+from shared.metrics import observe_job_finished, observe_job_started
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.storage.keys import output_key
@@ -51,6 +53,10 @@ class JobRunner:
 
     def run(self, job_id: str) -> str:
         """Run `job_id` if this delivery should; returns what happened (for logs and tests)."""
+        with log_context(job_id=job_id):
+            return self._run(job_id)
+
+    def _run(self, job_id: str) -> str:
         token = uuid.uuid4().hex
         result = self.store.start(job_id, self.worker_id, token, self.settings.lease_ttl_s,
                                   self.settings.max_attempts)
@@ -58,18 +64,24 @@ class JobRunner:
             logger.info("job %s not run: %s %s", job_id, result.outcome, result.detail)
             return result.outcome
         job = self.store.get(job_id)
+        with log_context(request_id=job.request_id):
+            return self._run_started(job, token)
+
+    def _run_started(self, job: Job, token: str) -> str:
+        observe_job_started(job)
         with self._running_lock:
-            self._running.add(job_id)
+            self._running.add(job.id)
         try:
-            with LeaseKeeper(self.store, job_id, token, self.settings.lease_ttl_s) as lease:
+            with LeaseKeeper(self.store, job.id, token, self.settings.lease_ttl_s) as lease:
                 status, outputs, error, timings = self._execute(job, token, lease)
         finally:
             with self._running_lock:
-                self._running.discard(job_id)
-        if not self.store.finish(job_id, token, status, outputs=outputs, error=error, timings=timings):
-            logger.warning("job %s finished here but its record had moved on; result dropped", job_id)
+                self._running.discard(job.id)
+        observe_job_finished(job, status, timings)
+        if not self.store.finish(job.id, token, status, outputs=outputs, error=error, timings=timings):
+            logger.warning("job %s finished here but its record had moved on; result dropped", job.id)
             return "superseded"
-        logger.info("job %s %s in %.2fs", job_id, status.value, timings.get("total_s", 0.0))
+        logger.info("job %s %s in %.2fs", job.id, status.value, timings.get("total_s", 0.0))
         return status.value
 
     def _execute(self, job: Job, token: str, lease: LeaseKeeper):

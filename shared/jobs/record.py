@@ -65,6 +65,7 @@ class Job:
     error: dict[str, str] | None = None
     outputs: list[Output] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    request_id: str | None = None
 
     # Hash fields holding JSON rather than plain strings.
     JSON_FIELDS = ("params", "error", "outputs", "timings")
@@ -95,6 +96,7 @@ class Job:
             error=json.loads(raw["error"]) if raw.get("error") else None,
             outputs=outputs,
             timings=json.loads(raw.get("timings") or "{}"),
+            request_id=raw.get("request_id") or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
