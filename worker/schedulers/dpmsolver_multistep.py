@@ -70,17 +70,6 @@ class DPMSolverMultistepScheduler(VPSigmaScheduleMixin):
         # History of converted model outputs and their grid indices (newest last).
         return {**super()._fresh_state(), "model_outputs": [], "output_indices": [], "lower_order_nums": 0}
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: torch.device | str | None = None,
-        timesteps: Any = None,
-        sigmas: Any = None,
-    ) -> None:
-        if timesteps is not None or sigmas is not None:
-            raise ValueError(f"{type(self).__name__} takes num_inference_steps only, not custom timesteps or sigmas")
-        self._finish_set_timesteps(*self._vp_grid(num_inference_steps), device)
-
     def _order_now(self) -> int:
         """Solver order for this step: warm up from 1, and drop to 1–2 at the end if configured."""
         c, i, n = self.config, self._step_index, len(self.timesteps)

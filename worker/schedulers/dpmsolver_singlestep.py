@@ -99,9 +99,7 @@ class DPMSolverSinglestepScheduler(VPSigmaScheduleMixin):
         timesteps: Any = None,
         sigmas: Any = None,
     ) -> None:
-        if timesteps is not None or sigmas is not None:
-            raise ValueError(f"{type(self).__name__} takes num_inference_steps only, not custom timesteps or sigmas")
-        self._finish_set_timesteps(*self._vp_grid(num_inference_steps), device)
+        super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
         c, n = self.config, self.num_inference_steps
         self.order_list = singlestep_orders(n, c.solver_order, self._lower_order_final(n),
                                             c.final_sigmas_type == "zero")

@@ -124,17 +124,6 @@ class UniPCMultistepScheduler(VPSigmaScheduleMixin):
         return {**super()._fresh_state(), "history": [], "lower_order_nums": 0, "this_order": 1,
                 "last_sample": None}
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: torch.device | str | None = None,
-        timesteps: Any = None,
-        sigmas: Any = None,
-    ) -> None:
-        if timesteps is not None or sigmas is not None:
-            raise ValueError("UniPCMultistepScheduler takes num_inference_steps only, not custom timesteps or sigmas")
-        self._finish_set_timesteps(*self._vp_grid(num_inference_steps), device)
-
     def _newest_first(self) -> list[tuple[Tensor, Point]]:
         return [(m, self._point(j)) for m, j in reversed(self.history)]
 

@@ -83,6 +83,18 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         final = final_min if c.final_sigmas_type == "sigma_min" else 0.0
         return ts.astype(np.int64), np.concatenate([sig, [final]]).astype(np.float32)
 
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        timesteps: Any = None,
+        sigmas: Any = None,
+    ) -> None:
+        """Build the grid for `num_inference_steps`; these solvers take no custom timesteps or σ."""
+        if timesteps is not None or sigmas is not None:
+            raise ValueError(f"{type(self).__name__} takes num_inference_steps only, not custom timesteps or sigmas")
+        self._finish_set_timesteps(*self._vp_grid(num_inference_steps), device)
+
     def _finish_set_timesteps(self, timesteps: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.sigmas = torch.from_numpy(sigmas)
