@@ -57,17 +57,13 @@ class EulerDiscreteScheduler(VEScheduleMixin):
         sigmas: Sequence[float] | None = None,
     ) -> None:
         """Build the σ grid (and its fractional timesteps) for this job."""
-        ts, sig = self._grid(num_inference_steps, timesteps, sigmas)
+        ts_t, sig_t = self._grid_tensors(num_inference_steps, timesteps, sigmas)
         if self.config.interpolation_type == "log_linear" and timesteps is None and sigmas is None:
             # σ evenly spaced in log σ over the whole training range (n + 1 points, then the final σ).
-            log_range = torch.linspace(np.log(self._train_sigmas[-1]), np.log(self._train_sigmas[0]), len(ts) + 1)
-            sig = np.concatenate([log_range.exp().numpy(), sig[-1:]]).astype(np.float32)
-        self.num_inference_steps = len(ts)
-        sig_t = torch.from_numpy(sig)
+            log_range = torch.linspace(np.log(self._train_sigmas[-1]), np.log(self._train_sigmas[0]), len(ts_t) + 1)
+            sig_t = torch.cat([log_range.exp(), sig_t[-1:]]).to(torch.float32)
         if self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction":
             ts_t = 0.25 * sig_t[:-1].log()  # EDM's c_noise = ¼ log σ
-        else:
-            ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float32))
         self._finish_set_timesteps(ts_t, sig_t, device)
 
     def step(
@@ -116,17 +112,6 @@ class EulerAncestralDiscreteScheduler(VEScheduleMixin):
         rescale_betas_zero_snr: bool = False,
     ) -> None:
         self._build_sigma_tables()
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: torch.device | str | None = None,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> None:
-        ts, sig = self._grid(num_inference_steps, timesteps, sigmas)
-        self.num_inference_steps = len(ts)
-        self._finish_set_timesteps(torch.from_numpy(np.asarray(ts, np.float32)), torch.from_numpy(sig), device)
 
     def step(
         self,

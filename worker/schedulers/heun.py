@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from worker.configuration import register_to_config
@@ -65,10 +64,7 @@ class HeunDiscreteScheduler(VEScheduleMixin):
         timesteps: Sequence[float] | None = None,
         sigmas: Sequence[float] | None = None,
     ) -> None:
-        ts, sig = self._grid(num_inference_steps, timesteps, sigmas)
-        self.num_inference_steps = len(ts)
-        ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float32))
-        sig_t = torch.from_numpy(sig)
+        ts_t, sig_t = self._grid_tensors(num_inference_steps, timesteps, sigmas)
         self._finish_set_timesteps(repeat_interior(ts_t, keep_last=False), repeat_interior(sig_t, True), device)
 
     def step(

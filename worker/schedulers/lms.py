@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from worker.configuration import register_to_config
@@ -39,17 +38,6 @@ class LMSDiscreteScheduler(VEScheduleMixin):
 
     def _fresh_state(self) -> dict[str, Any]:
         return {**super()._fresh_state(), "derivatives": []}  # newest last
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: torch.device | str | None = None,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> None:
-        ts, sig = self._grid(num_inference_steps, timesteps, sigmas)
-        self.num_inference_steps = len(ts)
-        self._finish_set_timesteps(torch.from_numpy(np.asarray(ts, np.float32)), torch.from_numpy(sig), device)
 
     def step(
         self,

@@ -76,6 +76,24 @@ class VEScheduleMixin(VPScheduleMixin):
             ts = sigma_to_t(sig, self._log_sigmas)
         return ts, np.concatenate([sig, [self._final_sigma()]]).astype(np.float32)
 
+    def _grid_tensors(
+        self, num_steps: int | None, timesteps: Sequence[float] | None, sigmas: Sequence[float] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_grid` as tensors (float32 timesteps (n,), σ (n + 1,)); records n as `num_inference_steps`."""
+        ts, sig = self._grid(num_steps, timesteps, sigmas)
+        self.num_inference_steps = len(ts)
+        return torch.from_numpy(np.asarray(ts, dtype=np.float32)), torch.from_numpy(sig)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        timesteps: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        """Build the σ grid (and its fractional timesteps) for this job: one model call per σ."""
+        self._finish_set_timesteps(*self._grid_tensors(num_inference_steps, timesteps, sigmas), device)
+
     def _final_sigma(self) -> float:
         if self._option("final_sigmas_type", "zero") == "sigma_min":
             return float(self._train_sigmas[0])
