@@ -54,8 +54,7 @@ def watch_a_job_finish(page, stack, long_id: str, user_key: str) -> None:
     other.goto(f"{stack.url}/admin/jobs/{long_id}")
     other.click("button:has-text('Cancel')")
     assert stack.wait(long_id)["status"] == "canceled"
-    other.goto(f"{stack.url}/admin/jobs/{long_id}")
-    assert other.locator(".headstatus [data-role='status']").inner_text() == "canceled"
+    other.locator(".headstatus [data-role='status']", has_text="canceled").wait_for()  # live, or reloaded
     other.close()
     page.locator(".thumb img").wait_for(timeout=60_000)  # the page reloads itself when the job ends
     assert page.locator(".headstatus [data-role='status']").inner_text() == "succeeded"
