@@ -212,6 +212,11 @@ class SchedulerMixin(ConfigMixin):
         if getattr(self, "num_inference_steps", None) is None:
             raise ValueError(f"{type(self).__name__}: call set_timesteps before step")
 
+    def _check_steps_only(self, timesteps: Any, sigmas: Any) -> None:
+        """For schedulers whose grid comes from a step count alone: refuse custom timesteps or σ."""
+        if timesteps is not None or sigmas is not None:
+            raise ValueError(f"{type(self).__name__} takes num_inference_steps only, not custom timesteps or sigmas")
+
     @staticmethod
     def _check_timestep_args(num_inference_steps: int | None, *customs: Any) -> None:
         given = [c for c in customs if c is not None]

@@ -53,8 +53,7 @@ class DDIMScheduler(VPScheduleMixin):
         sigmas: Any = None,
     ) -> None:
         """Choose `num_inference_steps` descending integer timesteps by `timestep_spacing`."""
-        if timesteps is not None or sigmas is not None:
-            raise ValueError("DDIMScheduler takes num_inference_steps only, not custom timesteps or sigmas")
+        self._check_steps_only(timesteps, sigmas)
         c = self.config
         n = check_num_steps(num_inference_steps, c.num_train_timesteps)
         grid = timestep_grid(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset).astype(np.int64)

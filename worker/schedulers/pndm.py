@@ -70,8 +70,7 @@ class PNDMScheduler(VPScheduleMixin):
         timesteps: Any = None,
         sigmas: Any = None,
     ) -> None:
-        if timesteps is not None or sigmas is not None:
-            raise ValueError("PNDMScheduler takes num_inference_steps only, not custom timesteps or sigmas")
+        self._check_steps_only(timesteps, sigmas)
         c = self.config
         n = check_num_steps(num_inference_steps, c.num_train_timesteps)
         self.num_inference_steps = n

@@ -91,8 +91,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         sigmas: Any = None,
     ) -> None:
         """Build the grid for `num_inference_steps`; these solvers take no custom timesteps or σ."""
-        if timesteps is not None or sigmas is not None:
-            raise ValueError(f"{type(self).__name__} takes num_inference_steps only, not custom timesteps or sigmas")
+        self._check_steps_only(timesteps, sigmas)
         self._finish_set_timesteps(*self._vp_grid(num_inference_steps), device)
 
     def _finish_set_timesteps(self, timesteps: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
