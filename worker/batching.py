@@ -36,7 +36,7 @@ class StepRequest:
     """One model call asked for by one job: tensors are (rows, ...)."""
 
     sample: torch.Tensor
-    timestep: torch.Tensor
+    timestep: torch.Tensor | None  # None for calls without one (VAE decode)
     kwargs: dict[str, Any]  # encoder_hidden_states, timestep_cond, added_cond_kwargs (or empty)
     done: threading.Event = field(default_factory=threading.Event)
     result: torch.Tensor | None = None
@@ -48,14 +48,15 @@ class StepRequest:
 
     def layout(self) -> tuple:
         """Requests with equal layouts can share one model call."""
-        def shape(value: Any) -> Any:
+        def shape(value: Any) -> Any:  # (shape after the batch axis, dtype) of every tensor
             if isinstance(value, torch.Tensor):
                 return (tuple(value.shape[1:]), value.dtype)
             if isinstance(value, dict):
                 return tuple(sorted((k, shape(v)) for k, v in value.items()))
             return value
 
-        return shape(self.sample), tuple(sorted((k, shape(v)) for k, v in self.kwargs.items()))
+        return (shape(self.sample), self.timestep is None,
+                tuple(sorted((k, shape(v)) for k, v in self.kwargs.items())))
 
 
 def _cat_kwargs(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,8 +89,11 @@ class StepBatcher:
     """Runs the calls of many job threads on one module, batched at step boundaries."""
 
     def __init__(self, module: torch.nn.Module, max_rows: int = 16, max_window_s: float = 0.25,
-                 name: str = "model") -> None:
+                 name: str = "model", method: str = "forward", min_window_s: float = 0.0) -> None:
+        """`method` is the module's method the requests call (`forward`, or `decode` for a VAE);
+        `min_window_s` is how long to wait for company even when no other job is expected."""
         self.module, self.max_rows, self.max_window_s, self.name = module, max_rows, max_window_s, name
+        self.method, self.min_window_s = method, min_window_s
         self.stats = BatchStats()
         self._inbox: queue.Queue[StepRequest] = queue.Queue()
         self._lock = threading.Lock()
@@ -123,11 +127,12 @@ class StepBatcher:
         # Waiting for a straggler up to one model call's time is never worse than running it in a
         # call of its own afterwards, and keeps the jobs stepping in phase.
         window = min(self.max_window_s, max(0.002, self._call_ema_s))
-        deadline = time.monotonic() + window
+        started = time.monotonic()
+        deadline = started + window
         while rows < self.max_rows:
             with self._lock:
                 expected = self._in_loop
-            if len(pending) >= expected:
+            if len(pending) >= expected and time.monotonic() - started >= self.min_window_s:
                 try:  # everyone is here; take whatever else is already queued, without waiting
                     request = self._inbox.get_nowait()
                 except queue.Empty:
@@ -174,14 +179,16 @@ class StepBatcher:
             request.done.set()
 
     def _call(self, group: list[StepRequest]) -> list[torch.Tensor]:
-        sample = torch.cat([r.sample for r in group])
-        timesteps = [r.timestep for r in group]
-        if len({t.dtype for t in timesteps}) > 1:  # integer and float schedules in one batch
-            timesteps = [t.float() for t in timesteps]
-        timestep = torch.cat(timesteps)
+        args = [torch.cat([r.sample for r in group])]
+        if group[0].timestep is not None:
+            timesteps = [r.timestep for r in group]
+            if len({t.dtype for t in timesteps}) > 1:  # integer and float schedules in one batch
+                timesteps = [t.float() for t in timesteps]
+            args.append(torch.cat(timesteps))
         kwargs = _cat_kwargs([r.kwargs for r in group])
+        call = self.module if self.method == "forward" else getattr(self.module, self.method)
         with torch.inference_mode():
-            output = self.module(sample, timestep, **kwargs, return_dict=False)[0]
+            output = call(*args, **kwargs, return_dict=False)[0]
         return list(output.split([r.rows for r in group]))
 
     def _record(self, group: list[StepRequest], elapsed: float) -> None:
@@ -276,4 +283,27 @@ class BatchedModule(torch.nn.Module):
         if encoder_hidden_states is not None:
             extra["encoder_hidden_states"] = encoder_hidden_states
         output = self.session.request(StepRequest(sample, t, extra))
+        return ModelOutput(output) if return_dict else (output,)
+
+
+class BatchedDecoder(torch.nn.Module):
+    """Stands in for a VAE inside one job's pipeline: `decode` goes through the model's decode
+    batcher, so jobs that finish at the same step boundary are decoded in one call; everything
+    else (`encode`, `config`, …) is the real VAE's."""
+
+    def __init__(self, inner: torch.nn.Module, session: Session) -> None:
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "session", session)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Any = None, **kwargs: Any) -> Any:
+        if generator is not None or kwargs:  # per-call slicing/tiling or a sampled decode: run alone
+            return self.inner.decode(z, return_dict=return_dict, generator=generator, **kwargs)
+        output = self.session.request(StepRequest(z, None, {}))
         return ModelOutput(output) if return_dict else (output,)

@@ -7,13 +7,14 @@ batcher, so concurrent jobs share model calls but never step state.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from PIL import Image
 
-from worker.batching import BatchedModule, Session, StepBatcher
+from worker.batching import BatchedDecoder, BatchedModule, Session, StepBatcher
 from worker.schedulers import build_scheduler
 
 # Called after every denoising step with (step, total); may raise to stop the job.
@@ -31,11 +32,13 @@ TASK_PIPELINES: dict[tuple[str, str], str] = {
 
 @dataclass
 class LoadedModel:
-    """A pipeline held by the cache, with the batcher its jobs share."""
+    """A pipeline held by the cache, with the batchers its jobs share: one for denoiser steps and,
+    for latent models, one for VAE decodes."""
 
     name: str
     pipeline: Any
     batcher: StepBatcher
+    decoder: StepBatcher | None = None
 
     @property
     def components(self) -> dict[str, Any]:
@@ -43,13 +46,20 @@ class LoadedModel:
 
 
 def load_model(name: str, pipeline: Any, max_rows: int) -> LoadedModel:
-    return LoadedModel(name, pipeline, StepBatcher(pipeline.unet, max_rows=max_rows, name=name))
+    decoder = None
+    vae = getattr(pipeline, "vae", None)
+    # An fp16 SDXL VAE upcasts itself around each decode (under the pipeline's own lock): it
+    # decodes alone rather than from the batcher's thread.
+    upcasts = hasattr(pipeline, "_vae_upcast_lock") and vae is not None and vae.dtype == torch.float16
+    if vae is not None and not upcasts:
+        decoder = StepBatcher(vae, max_rows=max_rows, name=f"{name}-vae", method="decode", min_window_s=0.005)
+    return LoadedModel(name, pipeline, StepBatcher(pipeline.unet, max_rows=max_rows, name=name), decoder)
 
 
 def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler_name: str,
-                      session: Session | None = None) -> Any:
-    """A pipeline of the class serving `task`, sharing `loaded`'s components; with a session,
-    its denoiser calls go through the model's step batcher."""
+                      session: Session | None = None, decode_session: Session | None = None) -> Any:
+    """A pipeline of the class serving `task`, sharing `loaded`'s components; with sessions, its
+    denoiser calls (and VAE decodes) go through the model's batchers."""
     import worker.pipelines
 
     try:
@@ -60,6 +70,8 @@ def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler_nam
     components["scheduler"] = build_scheduler(scheduler_name, loaded.pipeline.scheduler)
     if session is not None:
         components["unet"] = BatchedModule(loaded.pipeline.unet, session)
+    if decode_session is not None:
+        components["vae"] = BatchedDecoder(loaded.pipeline.vae, decode_session)
     return cls(**components)
 
 
@@ -99,8 +111,9 @@ def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step
                inputs: dict[str, Image.Image] | None = None) -> list[Image.Image]:
     """Run a job in the model's shared batch. The generator is seeded on the CPU so a seed
     gives the same image on every device."""
-    with loaded.batcher.session() as session:
-        pipe = pipeline_for_task(loaded, family, params["task"], params["scheduler"], session)
+    decoding = loaded.decoder.session() if loaded.decoder is not None else contextlib.nullcontext()
+    with loaded.batcher.session() as session, decoding as decode_session:
+        pipe = pipeline_for_task(loaded, family, params["task"], params["scheduler"], session, decode_session)
         total = planned_steps(pipe.scheduler, params)
 
         def callback(_pipe: Any, index: int, _t: Any, tensors: dict) -> dict:

@@ -157,3 +157,49 @@ def test_batched_module_looks_like_the_model(sd):
         assert pipe.unet.dtype == sd.unet.dtype and pipe.device == sd.device
         assert pipe.vae is sd.vae and pipe.text_encoder is sd.text_encoder  # shared, not copied
         assert pipe.scheduler is not sd.scheduler
+
+
+def test_jobs_finishing_together_are_decoded_in_one_vae_call(sd):
+    loaded = load_model("sd", sd, max_rows=32)
+    jobs = [dict(JOBS[0], steps=4, seed=s) for s in (1, 2, 3)]
+    alone = [run_sd(loaded, job) for job in jobs]
+    results, errors = [None] * 3, [None] * 3
+
+    def target(k):
+        with loaded.batcher.session() as session, loaded.decoder.session() as decoding:
+            pipe = pipeline_for_task(loaded, "sd", "text-to-image", "ddim", session, decoding)
+            job = jobs[k]
+            results[k] = pipe(prompt=job["prompt"], num_inference_steps=4, guidance_scale=job["guidance_scale"],
+                              generator=torch.Generator().manual_seed(job["seed"]), output_type="np").images
+
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for a, b in zip(alone, results):
+        assert np.abs(a - b).max() < 1e-3
+    assert loaded.decoder.stats.calls < 3 and loaded.decoder.stats.job_steps == 3
+
+
+def test_concurrent_prompt_encoding_matches_sequential(sd):
+    """Jobs share a cached tokenizer whose padding settings are per-call state (regression: a
+    concurrent job's negative prompt came out 2 tokens long)."""
+    prompts = [f"a {c} circle at the top" for c in ("red", "blue", "green", "yellow")]
+    with torch.no_grad():
+        expected = [sd.encode_prompt(p, 1, True, None) for p in prompts]
+    for _ in range(10):
+        got = [None] * len(prompts)
+
+        def encode(k):
+            with torch.no_grad():
+                got[k] = sd.encode_prompt(prompts[k], 1, True, None)
+
+        threads = [threading.Thread(target=encode, args=(k,)) for k in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for a, b in zip(expected, got):
+            assert torch.equal(a.prompt_embeds, b.prompt_embeds)
+            assert torch.equal(a.negative_prompt_embeds, b.negative_prompt_embeds)

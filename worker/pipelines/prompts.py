@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Sequence
 
 import torch
@@ -32,13 +33,21 @@ def negative_prompts(negative: Prompt | None, batch_size: int) -> list[str]:
     return negatives
 
 
+# A fast (Rust) tokenizer keeps its padding and truncation settings as state that every call
+# rewrites, so concurrent jobs sharing a cached tokenizer would pad with each other's settings
+# (seen: 2-token negative prompts). Tokenizing is cheap: one lock serialises it.
+_TOKENIZER_LOCK = threading.Lock()
+
+
 def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Token ids (N, L) padded to `max_length` (default: the tokenizer's, 77 for CLIP), truncated."""
     max_length = max_length or tokenizer.model_max_length
-    tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    full = tokenizer(texts, padding="longest", return_tensors="pt").input_ids
+    with _TOKENIZER_LOCK:
+        tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        full = tokenizer(texts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > tokens.input_ids.shape[-1]:
-        dropped = tokenizer.batch_decode(full[:, max_length - 1 : -1])
+        with _TOKENIZER_LOCK:
+            dropped = tokenizer.batch_decode(full[:, max_length - 1 : -1])
         logger.warning("prompt truncated to %d CLIP tokens; dropped: %s", max_length, dropped)
     return tokens
 
