@@ -92,18 +92,21 @@ class JobStore:
             key = f"{self.prefix}:jobs:all"
         top = query.cursor[0] if query.cursor else (query.until if query.until is not None else "+inf")
         bottom = query.since if query.since is not None else "-inf"
-        entries = self.redis.zrevrangebyscore(key, top, bottom, start=0, num=query.max_scan + 1, withscores=True)
+        fetched = self.redis.zrevrangebyscore(key, top, bottom, start=0, num=query.max_scan + 1, withscores=True)
+        entries = fetched
         if query.cursor:  # same score as the cursor: only ids after it (members sort by id, reversed)
             entries = [(i, sc) for i, sc in entries if sc < query.cursor[0] or i < query.cursor[1]]
+        window = entries[:query.max_scan]
         consumed, jobs = 0, []
-        for (job_id, _), raw in zip(entries[:query.max_scan], self._hashes([i for i, _ in entries[:query.max_scan]])):
+        for (job_id, _), raw in zip(window, self._hashes([i for i, _ in window])):
             if len(jobs) == query.limit:
                 break
             consumed += 1
             job = Job.from_hash(raw) if raw else None
             if job and query.matches(job):
                 jobs.append(job)
-        if consumed == 0 or consumed == len(entries):
+        # Done only when every entry in range was read: the fetch was not capped, nothing is left.
+        if consumed == 0 or (consumed == len(entries) and len(fetched) <= query.max_scan):
             return jobs, None
         job_id, score = entries[consumed - 1]
         return jobs, encode_cursor(score, job_id)

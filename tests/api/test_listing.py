@@ -66,3 +66,21 @@ def test_bad_query_is_422(client, query, field):
     response = client.get(f"/v1/jobs?{query}")
     assert response.status_code == 422, response.json
     assert response.json["error"]["field"] == field
+
+
+def test_paging_with_an_unmatched_filter_reaches_the_oldest_job(client, app):
+    """A page that starts at a cursor re-reads the cursor's own entry and drops it: that must not
+    be mistaken for the end of the index (regression: paging stopped after the second page)."""
+    from shared.jobs import store as store_module
+
+    store = app.extensions["kiln"].store
+    ids = [client.post("/v1/jobs", json=GOOD).json["id"] for _ in range(9)]
+    seen_pages, cursor = 0, None
+    while True:
+        jobs, next_cursor = store.page(store_module.PageQuery(model="none", max_scan=4, cursor=cursor))
+        assert jobs == []
+        seen_pages += 1
+        if next_cursor is None:
+            break
+        cursor = store_module.decode_cursor(next_cursor)
+    assert seen_pages == 3 and cursor[1] == ids[1]  # 4 + 4 entries read, the third page holds the last one
