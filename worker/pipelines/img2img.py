@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from worker.pipelines.images import ImageInput, check_output_type, preprocess_image
+from worker.pipelines.images import ImageInput, preprocess_image
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
 from worker.pipelines.stable_diffusion import Generator, Sampling, StableDiffusionPipeline, StepCallback
@@ -34,6 +34,17 @@ def strength_timesteps(scheduler: Any, num_inference_steps: int, strength: float
             "raise strength or num_inference_steps"
         )
     return timesteps
+
+
+def strength_schedule(pipe: Any, num_inference_steps: int, timesteps: list[int] | None,
+                      sigmas: list[float] | None, strength: float) -> tuple[Any, torch.Tensor]:
+    """A fresh scheduler from `pipe` and the timesteps `strength` keeps of it.
+
+    With custom `timesteps` or `sigmas` the step count is their grid's length, not `num_inference_steps`.
+    """
+    scheduler = pipe.new_scheduler(num_inference_steps, timesteps, sigmas)
+    steps = len(scheduler.timesteps) if timesteps or sigmas else num_inference_steps
+    return scheduler, strength_timesteps(scheduler, steps, strength)
 
 
 def repeat_to_batch(tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
@@ -97,15 +108,11 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
         """Transform `image` towards `prompt`; `strength` in [0, 1] sets how much is redrawn."""
         if image is None:
             raise ValueError("image-to-image needs an `image`")
-        check_output_type(output_type)
-        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
-        cond = self.encode_prompt(prompt, num_images_per_prompt, self.guided(guidance_scale), negative_prompt,
-                                  prompt_embeds, negative_prompt_embeds, clip_skip)
-        cond = self.guidance_condition(cond, guidance_scale)
+        cond = self._start_call(output_type, callback_on_step_end_tensor_inputs, guidance_scale, prompt,
+                                num_images_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                clip_skip)
         pixels = preprocess_image(image, multiple=self.vae_scale_factor)
-        scheduler = self.new_scheduler(num_inference_steps, timesteps, sigmas)
-        steps = len(scheduler.timesteps) if timesteps or sigmas else num_inference_steps
-        kept = strength_timesteps(scheduler, steps, strength)
+        scheduler, kept = strength_schedule(self, num_inference_steps, timesteps, sigmas, strength)
         start = kept[:1].repeat(cond.batch_size)
         latents = self.prepare_image_latents(scheduler, pixels, start, cond.batch_size, generator,
                                              cond.prompt_embeds.dtype)

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-from worker.pipelines.img2img import repeat_to_batch, strength_timesteps
-from worker.pipelines.images import ImageInput, check_output_type, preprocess_image, preprocess_mask
+from worker.pipelines.img2img import repeat_to_batch, strength_schedule
+from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
 from worker.pipelines.stable_diffusion import (
@@ -150,15 +150,11 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
         height, width = self.default_size(height, width)
-        check_output_type(output_type)
-        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
-        channels = self.unet_channels
-        cond = self.encode_prompt(prompt, num_images_per_prompt, self.guided(guidance_scale), negative_prompt,
-                                  prompt_embeds, negative_prompt_embeds, clip_skip)
-        cond = self.guidance_condition(cond, guidance_scale)
-        scheduler = self.new_scheduler(num_inference_steps, timesteps, sigmas)
-        steps = len(scheduler.timesteps) if timesteps or sigmas else num_inference_steps
-        kept = strength_timesteps(scheduler, steps, strength)
+        channels = self.unet_channels  # a UNet that cannot inpaint fails before any encoding
+        cond = self._start_call(output_type, callback_on_step_end_tensor_inputs, guidance_scale, prompt,
+                                num_images_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                clip_skip)
+        scheduler, kept = strength_schedule(self, num_inference_steps, timesteps, sigmas, strength)
         state = self.prepare_inpaint(
             scheduler, image, mask_image, masked_image_latents, kept[:1].repeat(cond.batch_size), cond.batch_size,
             height, width, generator, latents, strength == 1.0, cond.prompt_embeds.dtype,

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 import torch
 
 from worker.pipelines.conditioning import Conditioning
-from worker.pipelines.images import check_output_type
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt, as_prompt_list, encode_penultimate, negative_prompts, repeat_per_image
 from worker.pipelines.stable_diffusion import (
@@ -207,19 +206,16 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
     ) -> ImagePipelineOutput | tuple[Any, None]:
         """Generate images from text with SDXL; arguments and defaults as in Diffusers."""
         height, width = self.default_size(height, width)
-        check_output_type(output_type)
-        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
-        cond = self.encode_prompt(
-            prompt, num_images_per_prompt, self.guided(guidance_scale), negative_prompt, prompt_embeds,
-            negative_prompt_embeds, clip_skip, prompt_2, negative_prompt_2, pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
+        cond = self._start_call(
+            output_type, callback_on_step_end_tensor_inputs, guidance_scale, prompt, num_images_per_prompt,
+            negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip, prompt_2, negative_prompt_2,
+            pooled_prompt_embeds, negative_pooled_prompt_embeds,
         )
         negative = None
         if negative_original_size is not None and negative_target_size is not None:
             negative = (negative_original_size, negative_crops_coords_top_left, negative_target_size)
         cond = self.add_time_ids(cond, original_size or (height, width), crops_coords_top_left,
                                  target_size or (height, width), negative)
-        cond = self.guidance_condition(cond, guidance_scale)
         scheduler = self.new_scheduler(num_inference_steps, timesteps, sigmas)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)

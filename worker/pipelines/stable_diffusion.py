@@ -173,6 +173,18 @@ class StableDiffusionPipeline(DiffusionPipeline):
         embedding = guidance_scale_embedding(scale - 1, dim).to(self.device, cond.prompt_embeds.dtype)
         return cond.with_(timestep_cond=embedding)
 
+    def _start_call(self, output_type: str, callback_inputs: Sequence[str], guidance_scale: GuidanceValue,
+                    prompt: Prompt | None, num_images_per_prompt: int, *encode_args: Any) -> Conditioning:
+        """What every `__call__` starts with: check the output type and callback tensor names, encode
+        the prompt (negatives only when guided) and add the guidance embedding of distilled UNets.
+
+        `encode_args` are `encode_prompt`'s arguments after `guided`, in its order.
+        """
+        check_output_type(output_type)
+        self.check_callback_inputs(callback_inputs)
+        cond = self.encode_prompt(prompt, num_images_per_prompt, self.guided(guidance_scale), *encode_args)
+        return self.guidance_condition(cond, guidance_scale)
+
     # ------------------------------------------------------------------ stage: schedule and noise
     def new_scheduler(self, num_inference_steps: int | None = 50, timesteps: list[int] | None = None,
                       sigmas: list[float] | None = None) -> Any:
@@ -343,11 +355,9 @@ class StableDiffusionPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple[Any, None]:
         """Generate images from text; arguments and defaults as in Diffusers' pipeline."""
         height, width = self.default_size(height, width)
-        check_output_type(output_type)
-        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
-        cond = self.encode_prompt(prompt, num_images_per_prompt, self.guided(guidance_scale), negative_prompt,
-                                  prompt_embeds, negative_prompt_embeds, clip_skip)
-        cond = self.guidance_condition(cond, guidance_scale)
+        cond = self._start_call(output_type, callback_on_step_end_tensor_inputs, guidance_scale, prompt,
+                                num_images_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                clip_skip)
         scheduler = self.new_scheduler(num_inference_steps, timesteps, sigmas)
         latents = self.prepare_latents(scheduler, cond.batch_size, height, width, generator, latents,
                                        cond.prompt_embeds.dtype)
