@@ -18,13 +18,16 @@ ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
 SOLVER_TYPE_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
 
 
-def check_dpm_config(algorithm_type: str, solver_type: str, final_sigmas_type: str, solver_order: int) -> None:
+def resolve_dpm_config(algorithm_type: str, solver_type: str, final_sigmas_type: str,
+                       solver_order: int) -> tuple[str, str]:
+    """Check the DPM-Solver options; return (algorithm_type, solver_type) with Diffusers' aliases applied."""
     check_choice("algorithm_type", algorithm_type, list(ALGORITHMS) + list(ALGORITHM_ALIASES))
     check_choice("solver_type", solver_type, list(SOLVER_TYPES) + list(SOLVER_TYPE_ALIASES))
     check_choice("solver_order", solver_order, (1, 2, 3))
     if algorithm_type not in DATA_PREDICTION and final_sigmas_type == "zero":
         raise ValueError(f"final_sigmas_type 'zero' needs algorithm_type dpmsolver++ or sde-dpmsolver++, "
                          f"not {algorithm_type!r}; use final_sigmas_type='sigma_min'")
+    return ALGORITHM_ALIASES.get(algorithm_type, algorithm_type), SOLVER_TYPE_ALIASES.get(solver_type, solver_type)
 
 
 class DPMSolverMultistepScheduler(VPSigmaScheduleMixin):
@@ -61,9 +64,8 @@ class DPMSolverMultistepScheduler(VPSigmaScheduleMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        check_dpm_config(algorithm_type, solver_type, final_sigmas_type, solver_order)
-        self.algorithm_type = ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
-        self.solver_type = SOLVER_TYPE_ALIASES.get(solver_type, solver_type)
+        self.algorithm_type, self.solver_type = resolve_dpm_config(algorithm_type, solver_type, final_sigmas_type,
+                                                                   solver_order)
         self._build_sigma_tables()
 
     def _fresh_state(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from worker.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator, randn_tensor
 from .dpm_solver import ALGORITHMS, DATA_PREDICTION, dpm_update, singlestep_differences
-from .dpmsolver_multistep import ALGORITHM_ALIASES, SOLVER_TYPE_ALIASES, check_dpm_config
+from .dpmsolver_multistep import resolve_dpm_config
 from .vp_sigma import VPSigmaScheduleMixin
 
 logger = logging.getLogger(__name__)
@@ -71,12 +71,11 @@ class DPMSolverSinglestepScheduler(VPSigmaScheduleMixin):
         lambda_min_clipped: float = -float("inf"),
         variance_type: str | None = None,
     ) -> None:
-        check_dpm_config(algorithm_type, solver_type, final_sigmas_type, solver_order)
+        self.algorithm_type, self.solver_type = resolve_dpm_config(algorithm_type, solver_type, final_sigmas_type,
+                                                                   solver_order)
         if algorithm_type == "sde-dpmsolver":
             raise ValueError("algorithm_type 'sde-dpmsolver' is not single-step; allowed: dpmsolver, dpmsolver++, "
                              "sde-dpmsolver++")
-        self.algorithm_type = ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
-        self.solver_type = SOLVER_TYPE_ALIASES.get(solver_type, solver_type)
         self.order_list: list[int] = []
         self._build_sigma_tables()
 
