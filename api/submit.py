@@ -71,7 +71,7 @@ def submit(services: Services, who: Principal, idempotency_key: str | None) -> t
         if not claim.fresh:
             return _replayed(services, claim.job_id), False
     try:
-        job = _create(services, who, job_id, params, sub, limits)
+        job = create_job(services, who, job_id, params, sub, limits)
     except Exception:
         if idempotency_key is not None:
             services.idempotency.release(who.key_id, idempotency_key, job_id)
@@ -79,8 +79,10 @@ def submit(services: Services, who: Principal, idempotency_key: str | None) -> t
     return job, True
 
 
-def _create(services: Services, who: Principal, job_id: str, params: dict, sub: Submission,
-            limits: Limits) -> Job:
+def create_job(services: Services, who: Principal, job_id: str, params: dict, sub: Submission,
+               limits: Limits) -> Job:
+    """Charge the key's quotas, store the inputs, create the record and queue it fairly: the one
+    path every new job takes (the API's submit and the dashboard's retry)."""
     services.quotas.take_token(who.key_id)
     if params.get("webhook_url"):
         _check_webhook(params["webhook_url"], services.settings.fetch_allow_private)

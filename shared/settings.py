@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     models_dir: Path = REPO_ROOT / "var" / "models"
 
     # API.
+    secret_key: str | None = Field(
+        default=None, description="signs dashboard sessions; unset: a random one, kept in Redis")
     public_url: str = "http://127.0.0.1:8000"
     max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
     max_num_images: int = Field(default=8, ge=1, le=64)

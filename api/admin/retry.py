@@ -30,5 +30,5 @@ def retry_job(services: Services, job: Job) -> Job:
     key_id = services.store.redis.hget(services.store.job_key(job.id), "key_id") or job.owner
     owner = Principal(key_id=key_id, owner=job.owner, role="user")
     limits = Limits(settings.input_max_bytes, settings.input_max_pixels)
-    return submit._create(services, owner, new_job_id(), params,
+    return submit.create_job(services, owner, new_job_id(), params,
                           submit.Submission(request, uploads, digest), limits)

@@ -19,7 +19,6 @@ import datetime
 import functools
 import hmac
 import logging
-import os
 import secrets
 
 import redis
@@ -49,10 +48,9 @@ def _setup(state) -> None:
 
 
 def _secret_key(app: Flask) -> str:
-    configured = os.environ.get("KILN_SECRET_KEY")
-    if configured:
-        return configured
     services = app.extensions["kiln"]
+    if services.settings.secret_key:
+        return services.settings.secret_key
     try:
         client = services.store.redis
         key = f"{services.settings.key_prefix}:admin:secret_key"
