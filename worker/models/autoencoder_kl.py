@@ -10,7 +10,7 @@ encodes/decodes images larger than `sample_size` in overlapping, blended tiles.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -114,22 +114,24 @@ class AutoencoderKL(ModelMixin):
             return torch.cat([fn(one) for one in x.split(1)])
         return fn(x)
 
+    def _whole_or_tiled(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tiled: bool,
+                        tile_in: int, tile_out: int) -> torch.Tensor:
+        """fn(x), or fn over overlapping `tile_in` tiles when tiling is on and x is larger than one tile."""
+        if tiled and max(x.shape[-2:]) > tile_in:
+            return tiled_apply(x, fn, tile_in, tile_out, self.tile_overlap_factor)
+        return fn(x)
+
     def _encode(self, x: torch.Tensor, tiled: bool) -> torch.Tensor:
         """x (B, 3, H, W) -> moments (B, 2 * latent_channels, H / f, W / f)."""
-        if tiled and max(x.shape[-2:]) > self.tile_sample_min_size:
-            return tiled_apply(x, self._encode_tile, self.tile_sample_min_size, self.tile_latent_min_size,
-                               self.tile_overlap_factor)
-        return self._encode_tile(x)
+        return self._whole_or_tiled(x, self._encode_tile, tiled, self.tile_sample_min_size, self.tile_latent_min_size)
 
     def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         moments = self.encoder(x)
         return self.quant_conv(moments) if self.quant_conv is not None else moments
 
     def _decode(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
-        if tiled and max(z.shape[-2:]) > self.tile_latent_min_size:
-            return tiled_apply(z, self._decode_tile, self.tile_latent_min_size, self.tile_sample_min_size,
-                               self.tile_overlap_factor)
-        return self._decode_tile(z)
+        """z (B, latent_channels, h, w) -> images (B, 3, h * f, w * f)."""
+        return self._whole_or_tiled(z, self._decode_tile, tiled, self.tile_latent_min_size, self.tile_sample_min_size)
 
     def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
