@@ -21,7 +21,6 @@ from .schedules import (
     sigma_to_t,
     sigmas_at,
     timestep_grid,
-    train_sigmas,
 )
 from .vp import VPScheduleMixin
 
@@ -42,11 +41,7 @@ class VEScheduleMixin(VPScheduleMixin):
             option("use_beta_sigmas") or False,
         )
         check_choice("final_sigmas_type", option("final_sigmas_type", "zero"), FINAL_SIGMAS_TYPES)
-        alpha_bar = self.alphas_cumprod
-        if option("rescale_betas_zero_snr"):  # keep σ_{T−1} finite: ᾱ_{T−1} = 2^−24, not 0
-            alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
-        self._train_sigmas = train_sigmas(alpha_bar)  # (T,) ascending in t
-        self._log_sigmas = np.log(self._train_sigmas)
+        self._build_train_sigmas()
         self.set_timesteps(self.config.num_train_timesteps)
         self.num_inference_steps = None
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .base import SchedulerMixin, broadcast_to
 from .prediction import check_prediction_type
-from .schedules import alphas_cumprod, check_choice, make_betas, TIMESTEP_SPACINGS
+from .schedules import alphas_cumprod, check_choice, make_betas, train_sigmas, TIMESTEP_SPACINGS
 
 
 class VPScheduleMixin(SchedulerMixin):
@@ -26,6 +27,18 @@ class VPScheduleMixin(SchedulerMixin):
         )
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = alphas_cumprod(self.betas)
+
+    def _build_train_sigmas(self) -> torch.Tensor:
+        """Set the training σ tables `_train_sigmas` (T,), ascending in t, and `_log_sigmas`; return their ᾱ.
+
+        Under zero-terminal-SNR rescaling ᾱ_{T−1} = 0 would make σ_{T−1} infinite; it is raised to 2^−24.
+        """
+        alpha_bar = self.alphas_cumprod
+        if self._option("rescale_betas_zero_snr"):
+            alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
+        self._train_sigmas = train_sigmas(alpha_bar)
+        self._log_sigmas = np.log(self._train_sigmas)
+        return alpha_bar
 
     def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         table = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)

@@ -23,7 +23,6 @@ from .schedules import (
     sigma_to_t,
     sigmas_at,
     timestep_grid,
-    train_sigmas,
 )
 from .ve import FINAL_SIGMAS_TYPES
 from .vp import VPScheduleMixin
@@ -46,12 +45,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         self._respacing = sigma_schedule_name(
             c.use_karras_sigmas, c.use_exponential_sigmas or self._option("use_lu_lambdas", False), c.use_beta_sigmas
         )
-        alpha_bar = self.alphas_cumprod
-        if self._option("rescale_betas_zero_snr"):  # keep σ_{T−1} finite
-            alpha_bar = torch.cat([alpha_bar[:-1], torch.tensor([2.0**-24])])
-        self._alpha_bar = alpha_bar
-        self._train_sigmas = train_sigmas(alpha_bar)
-        self._log_sigmas = np.log(self._train_sigmas)
+        self._alpha_bar = self._build_train_sigmas()
         self.set_timesteps(c.num_train_timesteps)
         self.num_inference_steps = None
 
