@@ -52,6 +52,8 @@ OPERATIONS: list[tuple] = [
     ("get", "/v1/jobs/{job_id}/outputs/{index}", "getOutput", "Download an output image",
      [JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
      None, {"200": "image", "302": "redirect"}, False),
+    ("get", "/v1/jobs/{job_id}/preview", "getPreview", "The latest preview of a job (with preview_every)",
+     [JOB_ID], None, {"200": "image", "302": "redirect"}, False),
     ("get", "/v1/models", "listModels", "Models and schedulers", [], None, {"200": "ModelList"}, False),
     ("get", "/v1/models/{name}", "getModel", "One model",
      [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}], None,

@@ -51,9 +51,17 @@ class WebhookView(BaseModel):
     attempts: list[WebhookAttempt]
 
 
+class PreviewView(BaseModel):
+    step: int
+    url: str = Field(description="the latest preview image (PNG); it changes as the job runs")
+
+
 class JobView(BaseModel):
     id: str
     status: JobStatus
+    phase: Literal["loading", "denoising", "uploading"] | None = Field(
+        default=None, description="what a running job is doing")
+    preview: PreviewView | None = Field(default=None, description="with preview_every, while running and after")
     model: str
     params: dict[str, Any]
     progress: Progress

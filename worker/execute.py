@@ -108,9 +108,12 @@ def call_kwargs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step: StepHook,
-               inputs: dict[str, Image.Image] | None = None) -> list[Image.Image]:
+               inputs: dict[str, Image.Image] | None = None,
+               on_preview: Callable[[int, torch.Tensor], None] | None = None) -> list[Image.Image]:
     """Run a job in the model's shared batch. The generator is seeded on the CPU so a seed
-    gives the same image on every device."""
+    gives the same image on every device. `on_preview(step, latents)` runs every
+    `params["preview_every"]` steps (not after the last: the result follows)."""
+    every = params.get("preview_every") or 0
     decoding = loaded.decoder.session() if loaded.decoder is not None else contextlib.nullcontext()
     with loaded.batcher.session() as session, decoding as decode_session:
         pipe = pipeline_for_task(loaded, family, params["task"], params["scheduler"], session, decode_session)
@@ -121,6 +124,8 @@ def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step
             if step == total:
                 session.leave()  # no more denoiser calls: don't hold the batch back while decoding
             on_step(step, total)
+            if on_preview is not None and every and step % every == 0 and step < total:
+                on_preview(step, tensors["latents"])
             return tensors
 
         kwargs = call_kwargs(params) | (inputs or {})

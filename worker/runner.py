@@ -29,6 +29,7 @@ from shared.storage.keys import output_key
 from worker.execute import LoadedModel, run_params
 from worker.lease import LeaseKeeper
 from worker.pipeline_cache import PipelineCache
+from worker.previews import encode_png, preview_image
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +89,17 @@ class JobRunner:
         started = time.time()
         timings = {"queue_wait_s": round(started - job.created_at, 4)}
         try:
+            self._phase(job, token, "loading")
             loaded = self._load(job)
             timings["load_s"] = round(time.time() - started, 4)
             t0 = time.time()
             spec = self.catalog.get(job.model)
+            self._phase(job, token, "denoising")
             images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease),
-                                self._input_images(job))
+                                self._input_images(job), self._preview_hook(job, token, spec.family))
             timings["model_s"] = round(time.time() - t0, 4)
             t0 = time.time()
+            self._phase(job, token, "uploading")
             outputs = self._store_images(job, images)
             timings["upload_s"] = round(time.time() - t0, 4)
             timings["total_s"] = round(time.time() - started, 4)
@@ -121,6 +125,23 @@ class JobRunner:
         except Exception as exc:
             logger.exception("could not load model %s", job.model)
             raise ModelLoadError(f"model {job.model!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+    def _phase(self, job: Job, token: str, phase: str) -> None:
+        self.store.annotate(job.id, token, {"type": "phase", "phase": phase}, phase=phase)
+
+    def _preview_hook(self, job: Job, token: str, family: str):
+        """Stores the job's latest preview (`previews/<id>/latest.png`) and tells the record."""
+        if not job.params.get("preview_every"):
+            return None
+        key = f"previews/{job.id}/latest.png"
+
+        def on_preview(step: int, latents: torch.Tensor) -> None:
+            png = encode_png(preview_image(latents, pixel_space=family == "ddpm"))
+            self.storage.put(key, png, "image/png")
+            self.store.annotate(job.id, token, {"type": "preview", "step": step}, preview_key=key,
+                                preview_step=step)
+
+        return on_preview
 
     def _input_images(self, job: Job) -> dict[str, Image.Image]:
         """The job's input images (validated and stored as PNG by the API), as pipeline arguments."""

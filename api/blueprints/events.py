@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, stream_with_context
+from flask import Blueprint, Response, stream_with_context, url_for
 
 from api.app import Services, kiln
 from api.blueprints.jobs import job_json, load_job
@@ -69,6 +69,12 @@ def _relay(services: Services, pubsub, job_id: str, status: str) -> Iterator[str
         data = json.loads(message["data"]) if message and message.get("type") == "message" else {}
         if data.get("type") == "progress":
             yield _event("progress", {"step": data["step"], "total": data["total"]}, event_id)
+            event_id += 1
+        elif data.get("type") in ("preview", "phase"):
+            payload = {k: v for k, v in data.items() if k not in ("type", "job_id")}
+            if data["type"] == "preview":
+                payload["url"] = url_for("jobs.get_preview", job_id=job_id, _external=True)
+            yield _event(data["type"], payload, event_id)
             event_id += 1
         now = time.monotonic()
         if data.get("type") == "status" or now - last_check >= RECHECK_S:

@@ -62,16 +62,30 @@ def get_output(job_id: str, index: int):
     output = next((o for o in job.outputs if o.index == index), None)
     if output is None:
         raise NotFound(f"job {job_id} has no output {index}", field="index")
+    return _serve(output.key, output.content_type, f"output {index} of job {job_id}",
+                  "private, max-age=86400, immutable")
+
+
+@bp.get("/<job_id>/preview")
+def get_preview(job_id: str):
+    """The running job's latest preview (with `preview_every`); it changes as the job runs."""
+    job = load_job(job_id)
+    if not job.preview_key:
+        raise NotFound(f"job {job_id} has no preview (submit it with preview_every)", field="job_id")
+    return _serve(job.preview_key, "image/png", f"the preview of job {job_id}", "no-store")
+
+
+def _serve(key: str, content_type: str, what: str, cache_control: str):
+    """A stored object: a redirect to a presigned URL (S3), or its bytes (local folder)."""
     services = kiln()
-    url = services.storage.url(output.key, services.settings.output_url_ttl_s)
+    url = services.storage.url(key, services.settings.output_url_ttl_s)
     if url:
         return redirect(url, code=302)
     try:
-        data = services.storage.get(output.key)
+        data = services.storage.get(key)
     except ObjectNotFound:
-        raise NotFound(f"output {index} of job {job_id} is no longer stored") from None
-    return Response(data, mimetype=output.content_type,
-                    headers={"Cache-Control": "private, max-age=86400, immutable"})
+        raise NotFound(f"{what} is no longer stored") from None
+    return Response(data, mimetype=content_type, headers={"Cache-Control": cache_control})
 
 
 def load_job(job_id: str) -> Job:
@@ -144,6 +158,9 @@ def job_json(job: Job) -> dict:
     return dump(JobView, {
         "id": job.id,
         "status": job.status.value,
+        "phase": job.phase if job.status is Status.RUNNING else None,
+        "preview": {"step": job.preview_step,
+                    "url": url_for("jobs.get_preview", job_id=job.id, _external=True)} if job.preview_key else None,
         "model": job.model,
         "params": job.params,
         "progress": {"step": job.progress_step, "total": total,

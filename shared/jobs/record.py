@@ -66,6 +66,9 @@ class Job:
     outputs: list[Output] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     request_id: str | None = None
+    phase: str | None = None  # while running: loading | denoising | uploading
+    preview_key: str | None = None
+    preview_step: int = 0
 
     # Hash fields holding JSON rather than plain strings.
     JSON_FIELDS = ("params", "error", "outputs", "timings")
@@ -97,6 +100,9 @@ class Job:
             outputs=outputs,
             timings=json.loads(raw.get("timings") or "{}"),
             request_id=raw.get("request_id") or None,
+            phase=raw.get("phase") or None,
+            preview_key=raw.get("preview_key") or None,
+            preview_step=num("preview_step", int, 0),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class JobRequest(BaseModel):
                                   description="http(s) URL the API fetches the input image from")
     mask_image_url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN)
     output_format: OutputFormat = "png"
+    preview_every: int | None = Field(default=None, ge=1, le=1000,
+                                      description="store a low-cost preview image every N steps while running")
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN,
                                     description="POSTed a signed event when the job ends")
 
@@ -146,6 +148,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
         "num_images": req.num_images,
         "strength": _strength(req, task),
         "output_format": req.output_format,
+        **({"preview_every": req.preview_every} if req.preview_every else {}),
         **({"webhook_url": req.webhook_url} if req.webhook_url else {}),
     }
 

@@ -137,3 +137,14 @@ move(prefix, id, KEYS[1], 'running', 'queued', now)
 redis.call('HSET', KEYS[1], 'worker', '', 'progress_step', 0)
 return 'requeued'
 """
+
+# ARGV[4] token, ARGV[5..] field/value pairs. Annotates a running job held by this token (or by
+# nobody): its phase, its latest preview. Returns 1 when it did.
+ANNOTATE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[4] then return 0 end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+return 1
+"""

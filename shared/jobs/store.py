@@ -43,6 +43,7 @@ class JobStore:
         self._finish = client.register_script(scripts.FINISH)
         self._cancel = client.register_script(scripts.CANCEL)
         self._reap = client.register_script(scripts.REAP)
+        self._annotate = client.register_script(scripts.ANNOTATE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "kiln", retention_s: int = 7 * 24 * 3600) -> "JobStore":
@@ -149,6 +150,14 @@ class JobStore:
         if answer != "gone":
             self.publish(job_id, {"type": "progress", "step": step, "total": total})
         return answer
+
+    def annotate(self, job_id: str, token: str, event: dict[str, Any], **fields: Any) -> bool:
+        """Set plain fields of a running job this token holds (`phase`, `preview_key`, …) and
+        publish `event`; returns False when the job is no longer ours to annotate."""
+        done = bool(self._call(self._annotate, job_id, token, *_flatten(fields)))
+        if done:
+            self.publish(job_id, event)
+        return done
 
     def finish(self, job_id: str, token: str, status: Status, *, outputs: Iterable[Output] = (),
                error: dict[str, str] | None = None, timings: dict[str, float] | None = None) -> bool:

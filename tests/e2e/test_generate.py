@@ -17,6 +17,7 @@ from PIL import Image
 from shared.celery_app import enqueue_job, make_celery
 from shared.settings import load_settings
 from shared.workers import WorkerRegistry
+from tests.fixtures.stack import TERMINAL, running_stack
 
 MODEL = "kiln-ddpm-tiny"
 
@@ -80,6 +81,18 @@ def test_sigterm_lets_the_running_job_finish(stack):
     assert done["status"] == "succeeded" and done["attempts"] == 1
 
 
+def test_running_job_shows_its_phase_and_previews(stack):
+    job = stack.submit(model=MODEL, steps=60, seed=4, preview_every=5)
+    running = stack.wait(job["id"], until=lambda j: j["preview"] is not None or j["status"] in TERMINAL)
+    assert running["status"] == "running", running
+    assert running["phase"] == "denoising" and running["preview"]["step"] % 5 == 0
+    preview = requests.get(running["preview"]["url"], timeout=10)
+    assert preview.status_code == 200
+    assert Image.open(io.BytesIO(preview.content)).size == (32, 32)
+    done = stack.wait(job["id"])
+    assert done["status"] == "succeeded" and done["phase"] is None and done["preview"]["step"] == 55
+
+
 def test_output_urls_and_unknown_output(stack):
     done = stack.wait(stack.submit(model=MODEL, steps=2, seed=1)["id"])
     assert done["status"] == "succeeded"
@@ -102,15 +115,8 @@ def test_duplicate_delivery_of_a_finished_job_does_nothing(stack):
 @pytest.fixture
 def one_slot_stack(stack_env, tmp_path):
     """A stack whose worker runs one job at a time, so a second job stays queued."""
-    from tests.fixtures.stack import Stack
-
-    running = Stack({**stack_env, "KILN_WORKER_SLOTS": "1"}, tmp_path)
-    try:
-        running.start_api()
-        running.start_worker()
+    with running_stack({**stack_env, "KILN_WORKER_SLOTS": "1"}, tmp_path) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_cancel_running_and_queued_jobs(one_slot_stack):
@@ -153,8 +159,6 @@ def test_worker_killed_with_a_batch_in_flight_every_job_ends_exactly_once(stack,
 
 
 def test_failing_model_fails_the_job_and_the_worker_keeps_serving(stack_env, tmp_path, models_dir):
-    from tests.fixtures.stack import Stack
-
     catalog = tmp_path / "models.json"
     catalog.write_text(json.dumps({"models": [
         {"name": MODEL, "source": str(models_dir / MODEL), "family": "ddpm", "default_width": 32,
@@ -162,54 +166,35 @@ def test_failing_model_fails_the_job_and_the_worker_keeps_serving(stack_env, tmp
         {"name": "broken", "source": str(tmp_path / "missing"), "family": "ddpm", "default_width": 32,
          "default_height": 32, "fixed_size": True, "default_scheduler": "ddim", "default_steps": 2},
     ]}))
-    running = Stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path)
-    try:
-        running.start_api()
-        running.start_worker()
+    with running_stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path) as running:
         bad = running.wait(running.submit(model="broken")["id"])
         assert bad["status"] == "failed"
         assert bad["error"]["code"] == "model_load_failed" and "broken" in bad["error"]["message"]
         good = running.wait(running.submit(model=MODEL, seed=2)["id"])
         assert good["status"] == "succeeded"
         assert running.workers[0].poll() is None
-    finally:
-        running.stop()
 
 
 def test_lease_stops_a_second_copy_while_the_first_runs(stack_env, tmp_path):
     """Celery on Redis redelivers a task that outlives the visibility timeout, even to a second
     healthy worker: the lease makes that copy do nothing."""
-    from tests.fixtures.stack import Stack
-
     env = {**stack_env, "KILN_VISIBILITY_TIMEOUT_S": "4", "KILN_UNACKED_RESTORE_INTERVAL_S": "1",
            "KILN_MAX_STEPS": "1000"}
-    running = Stack(env, tmp_path)
-    try:
-        running.start_api()
-        running.start_worker()
-        running.start_worker()
+    with running_stack(env, tmp_path, workers=2) as running:
         job = running.submit(model=MODEL, steps=300, scheduler="ddpm", seed=9)
         done = running.wait(job["id"], timeout=180)
         assert done["status"] == "succeeded", running.tail()
         assert done["timings"]["total_s"] > 6, "the job must outlive the visibility timeout"
         assert done["attempts"] == 1
         assert "not run: leased" in running.tail(limit=100_000)
-    finally:
-        running.stop()
 
 
 def test_two_workers_jobs_follow_the_worker_holding_their_model(stack_env, tmp_path, models_dir):
-    from tests.fixtures.stack import Stack
-
     spec = {"source": str(models_dir / MODEL), "family": "ddpm", "default_width": 32, "default_height": 32,
             "fixed_size": True, "default_scheduler": "ddim", "default_steps": 2}
     catalog = tmp_path / "models.json"
     catalog.write_text(json.dumps({"models": [{"name": "model-a", **spec}, {"name": "model-b", **spec}]}))
-    running = Stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path)
-    try:
-        running.start_api()
-        running.start_worker()
-        running.start_worker()
+    with running_stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path, workers=2) as running:
         first = running.wait(running.submit(model="model-a", seed=1)["id"])
         holder = first["worker"]
         registry = WorkerRegistry(running.store.redis)
@@ -220,5 +205,3 @@ def test_two_workers_jobs_follow_the_worker_holding_their_model(stack_env, tmp_p
         later = [running.wait(running.submit(model="model-a", seed=s)["id"]) for s in range(2, 6)]
         assert [job["worker"] for job in later] == [holder] * 4, running.tail()
         assert all(job["status"] == "succeeded" for job in later)
-    finally:
-        running.stop()
