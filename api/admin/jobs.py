@@ -7,16 +7,24 @@ import datetime as dt
 import json
 import shlex
 
-from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    abort,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from api.admin.retry import retry_job
 from api.admin.session import page
 from api.app import kiln
+from api.stored import serve_stored
 from shared.ids import is_job_id
 from shared.jobs.query import JobFilter, find_jobs
 from shared.jobs.record import Job, Status
 from shared.jobs.store import decode_cursor
-from shared.storage import ObjectNotFound
 
 STATUSES = [s.value for s in Status]
 RANGES = {"": None, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
@@ -123,15 +131,15 @@ def job_output(job_id: str, index: int):
     output = next((o for o in record.outputs if o.index == index), None)
     if output is None:
         abort(404, f"job {job_id} has no output {index}")
-    services = kiln()
-    url = services.storage.url(output.key, services.settings.output_url_ttl_s)
-    if url:
-        return redirect(url)
-    try:
-        data = services.storage.get(output.key)
-    except ObjectNotFound:
-        abort(404, f"output {index} of job {job_id} is no longer stored")
-    return Response(data, mimetype=output.content_type, headers={"Cache-Control": "private, max-age=3600"})
+    return serve_stored(output.key, output.content_type, f"output {index} of job {job_id}", "private, max-age=3600")
+
+
+@page("/jobs/<job_id>/preview")
+def job_preview(job_id: str):
+    record = load(job_id)
+    if not record.preview_key:
+        abort(404, f"job {job_id} has no preview")
+    return serve_stored(record.preview_key, "image/png", f"the preview of job {job_id}", "no-store")
 
 
 def timeline(job: Job) -> list[dict]:

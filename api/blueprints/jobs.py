@@ -6,17 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 
 from api.app import kiln
 from api.auth import principal
 from api.schemas import JobList, JobView, dump
+from api.stored import serve_stored
 from api.submit import submit as submit_job
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.ids import is_job_id
 from shared.jobs.record import Job, Status
 from shared.jobs.store import PageQuery, decode_cursor
-from shared.storage import ObjectNotFound
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -62,7 +62,7 @@ def get_output(job_id: str, index: int):
     output = next((o for o in job.outputs if o.index == index), None)
     if output is None:
         raise NotFound(f"job {job_id} has no output {index}", field="index")
-    return _serve(output.key, output.content_type, f"output {index} of job {job_id}",
+    return serve_stored(output.key, output.content_type, f"output {index} of job {job_id}",
                   "private, max-age=86400, immutable")
 
 
@@ -72,20 +72,7 @@ def get_preview(job_id: str):
     job = load_job(job_id)
     if not job.preview_key:
         raise NotFound(f"job {job_id} has no preview (submit it with preview_every)", field="job_id")
-    return _serve(job.preview_key, "image/png", f"the preview of job {job_id}", "no-store")
-
-
-def _serve(key: str, content_type: str, what: str, cache_control: str):
-    """A stored object: a redirect to a presigned URL (S3), or its bytes (local folder)."""
-    services = kiln()
-    url = services.storage.url(key, services.settings.output_url_ttl_s)
-    if url:
-        return redirect(url, code=302)
-    try:
-        data = services.storage.get(key)
-    except ObjectNotFound:
-        raise NotFound(f"{what} is no longer stored") from None
-    return Response(data, mimetype=content_type, headers={"Cache-Control": cache_control})
+    return serve_stored(job.preview_key, "image/png", f"the preview of job {job_id}", "no-store")
 
 
 def load_job(job_id: str) -> Job:

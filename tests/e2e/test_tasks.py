@@ -13,7 +13,7 @@ import requests
 import torch
 from PIL import Image
 
-from tests.fixtures.stack import Stack
+from tests.fixtures.stack import running_stack
 from tests.pipelines.tiny import tiny_sd_pipeline
 
 SIZE = 32
@@ -33,13 +33,8 @@ def sd_stack(stack_env, tmp_path, sd_folder):
         "name": "sd-tiny", "source": str(sd_folder), "family": "sd", "default_width": SIZE,
         "default_height": SIZE, "default_steps": 4, "default_scheduler": "euler", "default_guidance_scale": 5.0,
     }]}))
-    running = Stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path)
-    try:
-        running.start_api()
-        running.start_worker()
+    with running_stack({**stack_env, "KILN_MODELS_FILE": str(catalog)}, tmp_path) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def png_b64(image: Image.Image) -> str:
