@@ -137,3 +137,16 @@ class TestSchedulerContract:
         for t in s.timesteps[begin:]:
             noisy = s.step(torch.tanh(s.scale_model_input(noisy, t)), t, noisy).prev_sample
         assert torch.isfinite(noisy).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if hasattr(SCHEDULER_CLASSES[n], "get_velocity")])
+def test_get_velocity_is_the_v_target(name: str) -> None:
+    """v = √ᾱ·ε − √(1−ᾱ)·x₀ (Salimans & Ho 2022) from every scheduler that offers it
+    (regression: DPM-Solver and UniPC shadowed the ᾱ method with a table and crashed)."""
+    from worker.schedulers import DDPMScheduler
+
+    x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
+    t = torch.full((SHAPE[0],), 500)
+    scheduler = _make(name)
+    expected = DDPMScheduler.from_config(scheduler.config).get_velocity(x0, noise, t)  # same betas
+    assert torch.allclose(scheduler.get_velocity(x0, noise, t), expected)

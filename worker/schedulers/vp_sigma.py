@@ -45,13 +45,13 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         self._respacing = sigma_schedule_name(
             c.use_karras_sigmas, c.use_exponential_sigmas or self._option("use_lu_lambdas", False), c.use_beta_sigmas
         )
-        self._alpha_bar = self._build_train_sigmas()
+        self._train_alpha_bar = self._build_train_sigmas()  # ᾱ_t (T,); not the _alpha_bar() method
         self.set_timesteps(c.num_train_timesteps)
         self.num_inference_steps = None
 
     def _lambda_clipped_top(self) -> int:
         """Grid top: T minus the timesteps whose λ_t is below `lambda_min_clipped` (if any)."""
-        lam = 0.5 * torch.log(self._alpha_bar) - 0.5 * torch.log(1 - self._alpha_bar)
+        lam = 0.5 * torch.log(self._train_alpha_bar) - 0.5 * torch.log(1 - self._train_alpha_bar)
         clip = self._option("lambda_min_clipped", -float("inf"))
         return self.config.num_train_timesteps - int(torch.searchsorted(torch.flip(lam, [0]), clip))
 
