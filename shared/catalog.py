@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.errors import NotFound
 from shared.schedulers import SCHEDULERS
-from shared.settings import Settings
+from shared.settings import REPO_ROOT, Settings
 
 Task = Literal["text-to-image", "image-to-image", "inpaint", "unconditional"]
 
@@ -101,6 +101,10 @@ class Catalog:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
+    def default_name(self) -> str:
+        """The model a request without `model` gets: the catalog's first entry."""
+        return next(iter(self._specs))
+
     def get(self, name: str) -> ModelSpec:
         try:
             return self._specs[name]
@@ -108,7 +112,28 @@ class Catalog:
             raise NotFound(f"unknown model {name!r}; available: {self.names()}", field="model") from None
 
 
+SHAPES_MODEL = "kiln-shapes"
+SHAPES_VOCABULARY = [
+    "a", "at", "background", "black", "blue", "bottom", "centre", "circle", "gray", "green", "in", "large",
+    "left", "on", "orange", "purple", "red", "right", "small", "square", "the", "top", "triangle", "white",
+    "yellow",
+]
+
+
 def bundled_specs(settings: Settings) -> list[ModelSpec]:
+    """The models Kiln ships: the tiny random DDPM (written at start) and, when its folder is in
+    the checkout, the small text-to-image model trained by `kiln_shapes` (see docs/kiln-shapes.md)."""
+    specs = []
+    shapes = REPO_ROOT / "models" / SHAPES_MODEL
+    if (shapes / "model_index.json").is_file():
+        specs.append(ModelSpec(
+            name=SHAPES_MODEL, source=str(shapes), family="sd",
+            description="Small Stable-Diffusion-architecture model of coloured shapes, trained by kiln_shapes "
+                        "(undertrained: see docs/kiln-shapes.md). Prompts like 'a small red circle at the top "
+                        "left on a white background'.",
+            default_width=64, default_height=64, default_steps=20, default_scheduler="dpmpp_2m",
+            default_guidance_scale=4.0, vocabulary=SHAPES_VOCABULARY,
+        ))
     return [
         ModelSpec(
             name=BUNDLED_MODEL,
@@ -121,7 +146,8 @@ def bundled_specs(settings: Settings) -> list[ModelSpec]:
             default_steps=20,
             default_scheduler="ddim",
             default_guidance_scale=0.0,
-        )
+        ),
+        *specs,
     ]
 
 

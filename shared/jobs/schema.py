@@ -115,7 +115,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
     Input images are not part of the params: the API stores them and adds their storage keys.
     `uploads` names the images that came as multipart files rather than JSON fields.
     """
-    model_name = req.model or catalog.names()[0]
+    model_name = req.model or catalog.default_name()
     if model_name not in catalog:
         raise ValidationFailed(f"unknown model {model_name!r}; available: {catalog.names()}", field="model")
     spec = catalog.get(model_name)

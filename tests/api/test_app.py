@@ -24,7 +24,9 @@ def test_api_never_imports_torch():
 def test_models_lists_the_bundled_model_and_schedulers(client):
     body = client.get("/v1/models").json
     names = [m["name"] for m in body["models"]]
-    assert names == ["kiln-ddpm-tiny"]
+    assert names == ["kiln-ddpm-tiny", "kiln-shapes"]
+    shapes = body["models"][1]
+    assert shapes["tasks"] == ["text-to-image", "image-to-image", "inpaint"] and "circle" in shapes["vocabulary"]
     model = body["models"][0]
     assert model["tasks"] == ["unconditional"]
     assert model["defaults"]["width"] == 32

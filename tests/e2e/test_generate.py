@@ -93,6 +93,15 @@ def test_running_job_shows_its_phase_and_previews(stack):
     assert done["status"] == "succeeded" and done["phase"] is None and done["preview"]["step"] == 55
 
 
+def test_the_bundled_text_to_image_model_serves_a_prompt(stack):
+    done = stack.wait(stack.submit(model="kiln-shapes", prompt="a small red circle at the top left on a white "
+                                   "background", steps=5, seed=1)["id"])
+    assert done["status"] == "succeeded", stack.tail()
+    assert done["params"]["scheduler"] == "dpmpp_2m" and done["params"]["guidance_scale"] == 4.0
+    image = Image.open(io.BytesIO(requests.get(done["outputs"][0]["url"], timeout=10).content))
+    assert image.size == (64, 64)
+
+
 def test_output_urls_and_unknown_output(stack):
     done = stack.wait(stack.submit(model=MODEL, steps=2, seed=1)["id"])
     assert done["status"] == "succeeded"
