@@ -8,7 +8,8 @@ batching alone. Both variants run in the same process, alternating, on the same 
     .venv/bin/python bench/bench_batching.py --model sd15 --latent 8 --jobs 1 2 4 8 --steps 4
     .venv/bin/python bench/bench_batching.py --model sd15 --latent 64 --device cuda --dtype float16
 
-`bundled` is the bundled tiny DDPM (32×32 pixels); `sd15` is a Stable Diffusion pipeline with
+`bundled` is the bundled tiny DDPM (32×32 pixels); `shapes` the bundled kiln-shapes text-to-image
+model (64×64 pixels, 16×16 latents, guidance on); `sd15` is a Stable Diffusion pipeline with
 the full SD 1.5 UNet and VAE architectures (random weights) and a small CLIP text encoder, at
 `--latent` × `--latent` latents with guidance on.
 """
@@ -36,6 +37,13 @@ def bundled_pipeline():
     folder = Path(tempfile.mkdtemp()) / "kiln-ddpm-tiny"
     write_bundled_model(folder)
     return DiffusionPipeline.from_pretrained(folder), "ddpm"
+
+
+def shapes_pipeline():
+    from worker.pipelines import DiffusionPipeline
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "kiln-shapes"
+    return DiffusionPipeline.from_pretrained(folder), "sd"
 
 
 def sd15_pipeline(latent: int):
@@ -91,7 +99,7 @@ def batched(pool: ThreadPoolExecutor, loaded, family, n, steps) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["bundled", "sd15"], default="bundled")
+    parser.add_argument("--model", choices=["bundled", "shapes", "sd15"], default="bundled")
     parser.add_argument("--latent", type=int, default=8)
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--steps", type=int, default=20)
@@ -102,7 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe, family = bundled_pipeline() if args.model == "bundled" else sd15_pipeline(args.latent)
+    builders = {"bundled": bundled_pipeline, "shapes": shapes_pipeline, "sd15": lambda: sd15_pipeline(args.latent)}
+    pipe, family = builders[args.model]()
     pipe = pipe.to(torch.device(args.device), getattr(torch, args.dtype))
     loaded = load_model(args.model, pipe, max_rows=64)
     pool = ThreadPoolExecutor(max(args.jobs))

@@ -46,6 +46,9 @@ SD_SCHEDULER_FIXES: dict[str, tuple[Callable[[Any], bool], Any]] = {
 }
 
 
+_REPORTED_FIXES: set[tuple] = set()
+
+
 def modernize_scheduler(scheduler: Any, fixes: dict[str, tuple[Callable[[Any], bool], Any]]) -> Any:
     """Rebuild `scheduler` with outdated config values fixed; return it unchanged if none are."""
     if scheduler is None:
@@ -54,7 +57,10 @@ def modernize_scheduler(scheduler: Any, fixes: dict[str, tuple[Callable[[Any], b
     changes = {k: value for k, (outdated, value) in fixes.items() if k in config and outdated(config[k])}
     if not changes:
         return scheduler
-    logger.warning("scheduler config is outdated; using %s (as Diffusers does)", changes)
+    note = (type(scheduler).__name__, tuple(sorted(changes.items())))
+    level = logging.DEBUG if note in _REPORTED_FIXES else logging.WARNING  # once per process, not per job
+    _REPORTED_FIXES.add(note)
+    logger.log(level, "scheduler config is outdated; using %s (as Diffusers does)", changes)
     return type(scheduler).from_config(scheduler, **changes)
 
 
