@@ -251,14 +251,10 @@ class ModelOutput:
         return (self.sample,)[index]
 
 
-class BatchedModule(torch.nn.Module):
-    """Stands in for a denoiser inside one job's pipeline: calls go through the batcher.
-
-    It holds the real module as a child, so `parameters()`, `dtype`, `device` and `config` are
-    the real ones; anything it does not define is read from the real module.
-    """
-
-    _BATCHED_KWARGS = frozenset({"encoder_hidden_states", "timestep_cond", "added_cond_kwargs"})
+class _StandIn(torch.nn.Module):
+    """Stands in for a shared model inside one job's pipeline. It holds the real module as a
+    child, so `parameters()`, `dtype`, `device` and `config` are the real ones; anything it does
+    not define is read from the real module."""
 
     def __init__(self, inner: torch.nn.Module, session: Session) -> None:
         super().__init__()
@@ -270,6 +266,12 @@ class BatchedModule(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["inner"], name)
+
+
+class BatchedModule(_StandIn):
+    """The denoiser of one job's pipeline: its calls go through the model's step batcher."""
+
+    _BATCHED_KWARGS = frozenset({"encoder_hidden_states", "timestep_cond", "added_cond_kwargs"})
 
     def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor | None = None,
                 return_dict: bool = True, **kwargs: Any) -> Any:
@@ -286,21 +288,10 @@ class BatchedModule(torch.nn.Module):
         return ModelOutput(output) if return_dict else (output,)
 
 
-class BatchedDecoder(torch.nn.Module):
-    """Stands in for a VAE inside one job's pipeline: `decode` goes through the model's decode
-    batcher, so jobs that finish at the same step boundary are decoded in one call; everything
-    else (`encode`, `config`, …) is the real VAE's."""
-
-    def __init__(self, inner: torch.nn.Module, session: Session) -> None:
-        super().__init__()
-        self.inner = inner
-        object.__setattr__(self, "session", session)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
+class BatchedDecoder(_StandIn):
+    """The VAE of one job's pipeline: `decode` goes through the model's decode batcher, so jobs
+    that finish at the same step boundary are decoded in one call; `encode` and the rest are the
+    real VAE's."""
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Any = None, **kwargs: Any) -> Any:
         if generator is not None or kwargs:  # per-call slicing/tiling or a sampled decode: run alone
