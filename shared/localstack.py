@@ -97,6 +97,11 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 15) -> None:
             proc.wait()
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM stops the stack like Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     var = Path(os.environ.get("KILN_VAR_DIR", REPO_ROOT / "var"))
     (var / "redis").mkdir(parents=True, exist_ok=True)
@@ -115,7 +120,7 @@ def main() -> int:
     subprocess.run([PYTHON, "-m", "worker.bundled", str(Path(env["KILN_MODELS_DIR"]) / "kiln-ddpm-tiny")],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     procs: list[subprocess.Popen] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         procs.append(subprocess.Popen(redis_command(redis_port, var / "redis"), stdout=subprocess.DEVNULL))
         wait_until(lambda: redis_ping(redis_port), 15, "redis")
