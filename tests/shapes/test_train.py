@@ -65,8 +65,22 @@ def test_learning_rate_warms_up_then_decays():
 
 def test_min_snr_weights_cap_the_easy_timesteps():
     alpha_bar = torch.tensor([0.999, 0.5, 0.01])  # SNR 999, 1, ~0.01
-    weights = min_snr_weights(alpha_bar, gamma=5.0)
-    torch.testing.assert_close(weights, torch.tensor([5.0 / 999.0, 1.0, 1.0]), rtol=1e-3, atol=1e-6)
+    epsilon = min_snr_weights(alpha_bar, gamma=5.0, prediction_type="epsilon")
+    torch.testing.assert_close(epsilon, torch.tensor([5.0 / 999.0, 1.0, 1.0]), rtol=1e-3, atol=1e-6)
+    v = min_snr_weights(alpha_bar, gamma=5.0, prediction_type="v_prediction")
+    torch.testing.assert_close(v, torch.tensor([5.0 / 1000.0, 0.5, (1 / 99) / (1 / 99 + 1)]), rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="prediction_type"):
+        min_snr_weights(alpha_bar, 5.0, "sample")
+
+
+def test_schedule_has_almost_no_signal_left_at_the_last_step():
+    """At t = T the sampler starts from pure noise; a schedule that leaves signal there teaches the
+    model to read the picture from the noise instead of the prompt (Lin et al. 2024)."""
+    from kiln_shapes import models
+
+    alpha_bar = models.alphas_cumprod()
+    assert alpha_bar[-1].sqrt() < 0.01
+    assert models.scheduler_config()["prediction_type"] == "v_prediction"
 
 
 def test_config_round_trips_through_the_command_line(tmp_path):
@@ -82,3 +96,15 @@ def test_config_round_trips_through_the_command_line(tmp_path):
     finally:
         cli.run = original
     assert dataclasses.replace(TrainConfig(), unet_steps=7, unet_lr=0.002, work_dir=str(tmp_path)) == seen["cfg"]
+
+
+def test_object_pixels_are_the_drawn_shape():
+    from kiln_shapes import data
+
+    scenes = data.sample_scenes(6, seed=3)
+    x = torch.from_numpy(data.to_tensor_range(data.draw_batch(scenes)))
+    found = train.object_pixels(x)[:, 0].numpy().astype(bool)
+    for scene, mask in zip(scenes, found):
+        coverage = data.shape_mask(scene.shape, *data.geometry(scene))
+        assert (coverage[mask] > 0).all()  # nothing outside the shape
+        assert mask[coverage > 0.5].all()  # everything mostly inside it
