@@ -121,34 +121,33 @@ SHAPES_VOCABULARY = [
 
 
 def bundled_specs(settings: Settings) -> list[ModelSpec]:
-    """The models Kiln ships: the tiny random DDPM (written at start) and, when its folder is in
-    the checkout, the small text-to-image model trained by `kiln_shapes` (see docs/kiln-shapes.md)."""
+    """The models Kiln ships. First (the default) the small text-to-image model trained by
+    `kiln_shapes` (docs/kiln-shapes.md) when its folder is in the checkout; then the tiny random
+    DDPM written at start, which proves the unconditional path."""
     specs = []
     shapes = REPO_ROOT / "models" / SHAPES_MODEL
     if (shapes / "model_index.json").is_file():
         specs.append(ModelSpec(
             name=SHAPES_MODEL, source=str(shapes), family="sd",
-            description="Small Stable-Diffusion-architecture model of coloured shapes, trained by kiln_shapes "
-                        "(undertrained: see docs/kiln-shapes.md). Prompts like 'a small red circle at the top "
-                        "left on a white background'.",
+            description="Small Stable-Diffusion-architecture model of coloured shapes on plain backgrounds, trained "
+                        "by kiln_shapes (docs/kiln-shapes.md). Prompts like 'a small red circle at the top left "
+                        "on a white background'; the vocabulary lists the words it knows.",
             default_width=64, default_height=64, default_steps=20, default_scheduler="dpmpp_2m",
             default_guidance_scale=4.0, vocabulary=SHAPES_VOCABULARY,
         ))
-    return [
-        ModelSpec(
-            name=BUNDLED_MODEL,
-            source=str(settings.models_dir / BUNDLED_MODEL),
-            family="ddpm",
-            description="Tiny unconditional DDPM with random weights, written by scripts/make_bundled_model.py",
-            default_width=32,
-            default_height=32,
-            fixed_size=True,
-            default_steps=20,
-            default_scheduler="ddim",
-            default_guidance_scale=0.0,
-        ),
-        *specs,
-    ]
+    specs.append(ModelSpec(
+        name=BUNDLED_MODEL,
+        source=str(settings.models_dir / BUNDLED_MODEL),
+        family="ddpm",
+        description="Tiny unconditional DDPM with random weights (it draws noise), written by python -m worker.bundled",
+        default_width=32,
+        default_height=32,
+        fixed_size=True,
+        default_steps=20,
+        default_scheduler="ddim",
+        default_guidance_scale=0.0,
+    ))
+    return specs
 
 
 def load_catalog(settings: Settings) -> Catalog:

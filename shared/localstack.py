@@ -140,7 +140,8 @@ def main() -> int:
 
 
 def _print_banner(url: str, redis_port: int, auth: str) -> None:
-    body = json.dumps({"model": "kiln-ddpm-tiny", "steps": 20, "seed": 7})
+    body = json.dumps({"model": "kiln-shapes", "prompt": "a large red circle in the centre on a white background",
+                       "seed": 1})
     mode = ("AUTH DISABLED: single-user mode, every request acts as a local admin "
             "(KILN_AUTH=enabled make up to require API keys)" if auth == "disabled"
             else "API keys required (KILN_AUTH=enabled)")

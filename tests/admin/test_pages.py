@@ -64,7 +64,7 @@ def test_job_page_shows_parameters_timeline_and_curl(admin, services):
 def test_cancel_and_retry_from_the_job_page(app, admin, services):
     key = services.keys.create(role="user", owner="bob")
     client = app.test_client()
-    submitted = client.post("/v1/jobs", json={"steps": 3, "seed": 42},
+    submitted = client.post("/v1/jobs", json={"model": "kiln-ddpm-tiny", "steps": 3, "seed": 42},
                             headers={"Authorization": f"Bearer {key.secret}"}).get_json()
     assert admin.post(f"/admin/jobs/{submitted['id']}/cancel").status_code == 302
     assert services.store.get(submitted["id"]).status.value == "canceled"

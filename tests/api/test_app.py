@@ -24,14 +24,23 @@ def test_api_never_imports_torch():
 def test_models_lists_the_bundled_model_and_schedulers(client):
     body = client.get("/v1/models").json
     names = [m["name"] for m in body["models"]]
-    assert names == ["kiln-ddpm-tiny", "kiln-shapes"]
-    shapes = body["models"][1]
+    assert names == ["kiln-shapes", "kiln-ddpm-tiny"]  # the default first
+    shapes = body["models"][0]
     assert shapes["tasks"] == ["text-to-image", "image-to-image", "inpaint"] and "circle" in shapes["vocabulary"]
-    model = body["models"][0]
+    assert shapes["defaults"] == {"width": 64, "height": 64, "steps": 20, "scheduler": "dpmpp_2m",
+                                  "guidance_scale": 4.0}
+    model = body["models"][1]
     assert model["tasks"] == ["unconditional"]
     assert model["defaults"]["width"] == 32
     assert "dpmpp_2m_karras" in body["schedulers"]
     assert "source" not in model  # no filesystem paths leak
+
+
+def test_a_request_without_a_model_gets_the_default_one(client):
+    job = client.post("/v1/jobs", json={"prompt": "a small red circle at the top left on a white background"}).json
+    assert job["params"]["model"] == "kiln-shapes" and job["params"]["width"] == 64
+    missing = client.post("/v1/jobs", json={"seed": 1})
+    assert missing.status_code == 422 and missing.json["error"]["field"] == "prompt"
 
 
 def test_healthz_checks_redis_and_storage(client):
