@@ -152,20 +152,16 @@ def encode_dataset(cfg: TrainConfig, vae: torch.nn.Module, images: torch.Tensor)
 
 # ---------------------------------------------------------------------------------------- UNet
 def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str = "v_prediction") -> torch.Tensor:
-    """Per-sample loss weights that cap how much the easy, low-noise samples count; SNR = a / (1 - a).
+    """Per-sample loss weight that makes the loss min(SNR, gamma) times the x0 error; SNR = a / (1 - a).
 
-    An epsilon error is SNR times the x0 error; min(SNR, gamma) / SNR makes the loss weigh the x0
-    error min(SNR, gamma) (Hang et al. 2023). A v error is (SNR + 1) times the x0 error;
-    min(SNR + 1, gamma) / (SNR + 1) makes it weigh it min(SNR + 1, gamma): at least 1 at high noise,
-    where the prompt alone decides colour, shape and place. (Hang et al.'s min(SNR, gamma) / (SNR + 1)
-    for v weighs the x0 error ~SNR there, ~0: a model trained so learnt colour and shape but put
-    the object anywhere, whatever the position words said.)
+    An epsilon error is SNR times the x0 error (weight min(SNR, gamma) / SNR); a v error is
+    (SNR + 1) times it (weight min(SNR, gamma) / (SNR + 1)).
     """
     snr = alpha_bar / (1.0 - alpha_bar)
     if prediction_type == "epsilon":
         return torch.clamp(snr, max=gamma) / snr
     if prediction_type == "v_prediction":
-        return torch.clamp(snr + 1.0, max=gamma) / (snr + 1.0)
+        return torch.clamp(snr, max=gamma) / (snr + 1.0)
     raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
 
 
