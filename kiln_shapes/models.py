@@ -74,7 +74,10 @@ def build_text_encoder(preset: str, vocab_size: int, max_length: int) -> Any:
 def scheduler_config() -> dict[str, Any]:
     """`scheduler_config.json` contents: DPM-Solver++ 2M on the training schedule."""
     return dict(SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace",
-                steps_offset=1)
+                steps_offset=1,
+                # Kept for the schedulers a client may switch to (as SD's config does): DDIM's default
+                # clip_sample=True clips x0 to [-1, 1], which ruins unit-variance latents.
+                clip_sample=False, set_alpha_to_one=False)
 
 
 def alphas_cumprod() -> torch.Tensor:
