@@ -1,4 +1,5 @@
-"""The committed kiln-shapes model: small, loads in Kiln and in Diffusers, draws what it is asked."""
+"""The committed kiln-shapes model: small, loads in Kiln and in Diffusers, draws what it is asked
+(the accuracy over 100 held-out prompts is measured by `python -m kiln_shapes sweep`, docs/kiln-shapes.md)."""
 
 from __future__ import annotations
 
@@ -36,14 +37,14 @@ def test_model_is_small_and_stored_in_half_precision():
     assert {t.dtype for t in weights.values()} == {torch.float16}
 
 
-@pytest.mark.xfail(strict=True, reason="the committed model had 800 UNet steps on a 2-core CPU and "
-                   "does not draw the prompted colours yet (docs/kiln-shapes.md); strict: passes once retrained")
-def test_kiln_draws_the_prompted_colours(pipe):
+def test_kiln_draws_what_it_is_asked(pipe):
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"  # DPM-Solver++ 2M by default
-    images = generate(pipe, [data.caption(s) for s in PROMPTS], steps=10, guidance_scale=4.0, seed=0)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = generate(pipe, [data.caption(s) for s in PROMPTS], steps=20, guidance_scale=4.0, seed=0)
     verdicts = [judge(image) for image in images]
-    assert all(v.background == s.background for v, s in zip(verdicts, PROMPTS)), verdicts
-    assert sum(v.colour == s.colour for v, s in zip(verdicts, PROMPTS)) >= 2, verdicts
+    for verdict, scene in zip(verdicts, PROMPTS):
+        assert (verdict.colour, verdict.shape, verdict.size, verdict.background) == \
+            (scene.colour, scene.shape, scene.size, scene.background), (data.caption(scene), verdict)
 
 
 def test_diffusers_gives_the_same_image(pipe):
