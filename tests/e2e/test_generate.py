@@ -93,13 +93,35 @@ def test_running_job_shows_its_phase_and_previews(stack):
     assert done["status"] == "succeeded" and done["phase"] is None and done["preview"]["step"] == 55
 
 
-def test_the_bundled_text_to_image_model_serves_a_prompt(stack):
-    done = stack.wait(stack.submit(model="kiln-shapes", prompt="a small red circle at the top left on a white "
-                                   "background", steps=5, seed=1)["id"])
-    assert done["status"] == "succeeded", stack.tail()
-    assert done["params"]["scheduler"] == "dpmpp_2m" and done["params"]["guidance_scale"] == 4.0
-    image = Image.open(io.BytesIO(requests.get(done["outputs"][0]["url"], timeout=10).content))
-    assert image.size == (64, 64)
+# Prompts to the bundled text-to-image model (all colours and shapes, each background), with seeds.
+SHAPES_PROMPTS = [
+    ("a large red circle in the centre on a white background", 1),
+    ("a large blue square on the left on a black background", 2),
+    ("a large yellow triangle at the bottom on a gray background", 3),
+    ("a small green square at the top right on a white background", 4),
+    ("a large purple circle at the bottom left on a gray background", 5),
+    ("a large orange triangle on the right on a black background", 6),
+]
+
+
+def test_the_bundled_text_to_image_model_draws_what_it_is_asked(stack):
+    """Several prompts at once (they share the worker's batched UNet calls); the evaluator reads each
+    returned image and must find the prompted colour, shape and background."""
+    from kiln_shapes import data
+    from kiln_shapes.evaluate import judge
+
+    scenes = {data.caption(s): s for s in (data.Scene(*c) for c in data.all_combinations())}
+    jobs = [stack.submit(prompt=prompt, seed=seed) for prompt, seed in SHAPES_PROMPTS]  # default model
+    for job, (prompt, _) in zip(jobs, SHAPES_PROMPTS):
+        done = stack.wait(job["id"])
+        assert done["status"] == "succeeded", stack.tail()
+        assert done["params"]["model"] == "kiln-shapes" and done["params"]["scheduler"] == "dpmpp_2m"
+        assert done["params"]["steps"] == 20 and done["params"]["guidance_scale"] == 4.0
+        image = download(done["outputs"][0]["url"]).astype(np.uint8)
+        assert image.shape == (64, 64, 3)
+        verdict, asked = judge(image), scenes[prompt]
+        assert (verdict.colour, verdict.shape, verdict.background) == (asked.colour, asked.shape, asked.background), \
+            (prompt, verdict)
 
 
 def test_output_urls_and_unknown_output(stack):
