@@ -61,6 +61,15 @@ def caption(scene: Scene) -> str:
     return f"a {scene.size} {scene.colour} {scene.shape} {scene.position} on a {scene.background} background"
 
 
+def scene_from_caption(text: str) -> Scene:
+    """The (unjittered) scene a caption describes; ValueError if no scene has that caption."""
+    for combination in all_combinations():
+        scene = Scene(*combination)
+        if caption(scene) == text:
+            return scene
+    raise ValueError(f"not a kiln-shapes caption: {text!r}")
+
+
 def all_combinations() -> list[tuple[str, str, str, str, str]]:
     """Every (shape, colour, size, position, background) tuple, in a fixed order (972 of them)."""
     return list(itertools.product(SHAPES, COLOURS, SIZES, POSITIONS, BACKGROUNDS))

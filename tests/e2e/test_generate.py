@@ -110,7 +110,6 @@ def test_the_bundled_text_to_image_model_draws_what_it_is_asked(stack):
     from kiln_shapes import data
     from kiln_shapes.evaluate import judge
 
-    scenes = {data.caption(s): s for s in (data.Scene(*c) for c in data.all_combinations())}
     jobs = [stack.submit(prompt=prompt, seed=seed) for prompt, seed in SHAPES_PROMPTS]  # default model
     for job, (prompt, _) in zip(jobs, SHAPES_PROMPTS):
         done = stack.wait(job["id"])
@@ -119,7 +118,7 @@ def test_the_bundled_text_to_image_model_draws_what_it_is_asked(stack):
         assert done["params"]["steps"] == 20 and done["params"]["guidance_scale"] == 4.0
         image = download(done["outputs"][0]["url"]).astype(np.uint8)
         assert image.shape == (64, 64, 3)
-        verdict, asked = judge(image), scenes[prompt]
+        verdict, asked = judge(image), data.scene_from_caption(prompt)
         assert (verdict.colour, verdict.shape, verdict.background) == (asked.colour, asked.shape, asked.background), \
             (prompt, verdict)
 

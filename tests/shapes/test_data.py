@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kiln_shapes import data
 from kiln_shapes.tokenizer import MAX_LENGTH, build_tokenizer, vocabulary
@@ -58,3 +59,11 @@ def test_every_caption_word_is_one_token(tmp_path):
         assert len(tokenizer(word).input_ids) == 3, word  # BOS, the word, EOS
     longest = max((data.caption(data.Scene(*c)) for c in data.all_combinations()), key=len)
     assert len(tokenizer(longest).input_ids) <= MAX_LENGTH
+
+
+def test_scene_from_caption_reads_back_every_caption():
+    for combination in data.all_combinations()[::97]:
+        scene = data.Scene(*combination)
+        assert data.scene_from_caption(data.caption(scene)) == scene
+    with pytest.raises(ValueError, match="not a kiln-shapes caption"):
+        data.scene_from_caption("a red circle")
