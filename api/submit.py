@@ -15,9 +15,9 @@ from shared.auth import Principal
 from shared.errors import BadRequest, Conflict, InputRefused, ValidationFailed
 from shared.idempotency import body_hash
 from shared.ids import new_job_id
-from shared.inputs import INPUT_KEYS, Limits, decode_base64, fetch, input_key, normalize
+from shared.inputs import INPUT_KEYS, Limits, decode_base64, fetch, image_size, input_key, normalize
 from shared.jobs.record import Job
-from shared.jobs.schema import JobRequest, parse_request, resolve_request
+from shared.jobs.schema import JobRequest, parse_request, resolve_request, size_from_input
 from shared.logging import current_request_id
 
 UPLOAD_FIELDS = ("image", "mask_image")
@@ -88,7 +88,7 @@ def create_job(services: Services, who: Principal, job_id: str, params: dict, su
         _check_webhook(params["webhook_url"], services.settings.fetch_allow_private)
     services.quotas.admit(who.key_id, job_id)
     try:
-        params.update(_store_inputs(services, job_id, sub, limits))
+        params.update(_store_inputs(services, job_id, sub, limits, params))
         queue = services.catalog.get(params["model"]).celery_queue
         extra = {"key_id": who.key_id}
         if request_id := current_request_id():
@@ -111,25 +111,40 @@ def _check_webhook(url: str, allow_private: bool) -> None:
         raise InputRefused(f"webhook_url: {exc.message}", field="webhook_url", code=exc.code) from None
 
 
-def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limits) -> dict[str, str]:
-    """Validate each given input image, store it as PNG, return `{image_key|mask_key: key}`."""
-    settings = services.settings
+def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limits,
+                  params: dict) -> dict[str, object]:
+    """Validate each given input image, resize it to the job's size (a job without one takes the
+    input image's, checked against the model's limits), store it as PNG; return the params to add:
+    `{image_key|mask_key: key}` and, when it came from the input, the size."""
+    raw = _input_bytes(services.settings, sub, limits)
+    sized = {}
+    if "image" in raw and (params.get("width") is None or params.get("height") is None):
+        spec = services.catalog.get(params["model"])
+        resolved = size_from_input(spec, params, image_size(raw["image"], "image", limits), services.settings)
+        sized = {"width": resolved["width"], "height": resolved["height"]}
+    size = (sized or params).get("width"), (sized or params).get("height")
+    keys: dict[str, object] = dict(sized)
+    for field, data in raw.items():
+        key = input_key(job_id, field)
+        png = normalize(data, field, limits, size if None not in size else None)
+        services.storage.put(key, png, "image/png")
+        keys[INPUT_KEYS[field]] = key
+    return keys
+
+
+def _input_bytes(settings, sub: Submission, limits: Limits) -> dict[str, bytes]:
+    """The bytes of each given input image, from an upload, base64 or its URL."""
     policy = safehttp.Policy(timeout_s=settings.fetch_timeout_s, max_bytes=limits.max_bytes,
                              max_redirects=settings.fetch_max_redirects, allow_private=settings.fetch_allow_private)
-    keys = {}
-    for field, param in INPUT_KEYS.items():
+    raw = {}
+    for field in INPUT_KEYS:
         if field in sub.uploads:
-            data = sub.uploads[field]
+            raw[field] = sub.uploads[field]
         elif getattr(sub.request, field) is not None:
-            data = decode_base64(getattr(sub.request, field), field, limits)
+            raw[field] = decode_base64(getattr(sub.request, field), field, limits)
         elif getattr(sub.request, f"{field}_url") is not None:
-            data = fetch(getattr(sub.request, f"{field}_url"), f"{field}_url", policy)
-        else:
-            continue
-        key = input_key(job_id, field)
-        services.storage.put(key, normalize(data, field, limits), "image/png")
-        keys[param] = key
-    return keys
+            raw[field] = fetch(getattr(sub.request, f"{field}_url"), f"{field}_url", policy)
+    return raw
 
 
 def _replayed(services: Services, job_id: str, wait_s: float = 5.0) -> Job:

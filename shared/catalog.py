@@ -20,15 +20,57 @@ from shared.schedulers import SCHEDULERS
 from shared.settings import REPO_ROOT, Settings
 
 Task = Literal["text-to-image", "image-to-image", "inpaint", "unconditional"]
+Family = Literal["ddpm", "sd", "sdxl", "flux", "sd3"]
 
 # Which tasks each model family can serve; the worker maps (family, task) to a pipeline class.
 FAMILY_TASKS: dict[str, tuple[Task, ...]] = {
     "ddpm": ("unconditional",),
     "sd": ("text-to-image", "image-to-image", "inpaint"),
     "sdxl": ("text-to-image",),
+    "flux": ("text-to-image", "image-to-image", "inpaint"),
+    "sd3": ("text-to-image", "image-to-image"),
 }
 
+# Request fields only some families read; a job for another family naming one is refused.
+FAMILY_FIELDS: dict[str, frozenset[str]] = {
+    "flux": frozenset({"true_cfg_scale", "max_sequence_length"}),
+    "sd3": frozenset({"max_sequence_length"}),
+}
+FAMILY_ONLY_FIELDS = frozenset().union(*FAMILY_FIELDS.values())
+
+# Families denoised by flow matching (a transformer predicting velocity): flow schedulers only.
+FLOW_FAMILIES = frozenset({"flux", "sd3"})
+
+# Defaults a model entry gets from its family when it does not set them.
+FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
+    "flux": {"default_guidance_scale": 3.5, "default_steps": 28, "default_max_sequence_length": 512,
+             "default_width": 1024, "default_height": 1024},
+    "sd3": {"default_guidance_scale": 7.0, "default_steps": 28, "default_max_sequence_length": 256,
+            "default_width": 1024, "default_height": 1024},
+}
+
+MAX_SEQUENCE_LENGTH = 512  # T5's position limit in FLUX and SD3
+# Without a declared per-job budget a model accepts jobs up to this many times its default job
+# (default size × default steps × 1 image): a 64×64 model does not take a 1024×1024 job.
+DEFAULT_COST_FACTOR = 64
+
 BUNDLED_MODEL = "kiln-ddpm-tiny"
+
+
+def flow_schedulers() -> frozenset[str]:
+    """Short scheduler names that suit flow-matching models (torch-free)."""
+    return frozenset(name for name, choice in SCHEDULERS.items() if choice.class_name.startswith("FlowMatch"))
+
+
+def _family_defaults(data: object) -> object:
+    """Fill what the model entry leaves out from its family's defaults (before validation)."""
+    if not isinstance(data, dict):
+        return data
+    family = data.get("family")
+    filled = {**FAMILY_DEFAULTS.get(family, {}), **data}
+    if family in FLOW_FAMILIES and "default_scheduler" not in data and flow_schedulers():
+        filled["default_scheduler"] = sorted(flow_schedulers())[0]
+    return filled
 
 
 class ModelSpec(BaseModel):
@@ -38,7 +80,7 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     source: str = Field(description="local folder or Hub repo id in the Diffusers layout")
-    family: Literal["ddpm", "sd", "sdxl"]
+    family: Family
     description: str = ""
     revision: str | None = None
     variant: str | None = None
@@ -50,6 +92,18 @@ class ModelSpec(BaseModel):
     default_scheduler: str = "dpmpp_2m"
     default_guidance_scale: float = Field(default=7.5, ge=0)
     vocabulary: list[str] | None = None
+    guidance_distilled: bool = Field(
+        default=False, description="FLUX [dev]: guidance_scale is embedded guidance, one pass per step")
+    default_true_cfg_scale: float = Field(default=1.0, ge=1)
+    default_max_sequence_length: int | None = Field(default=None, ge=1, le=MAX_SEQUENCE_LENGTH)
+    max_width: int | None = Field(default=None, ge=8, description="default: twice the default width")
+    max_height: int | None = Field(default=None, ge=8, description="default: twice the default height")
+    max_pixels: int | None = Field(default=None, ge=64, description="width × height; default max_width × max_height")
+    max_cost: int | None = Field(
+        default=None, ge=1, description="per-job budget of width × height × steps × num_images; default "
+                                        f"{DEFAULT_COST_FACTOR} × the default job's")
+
+    _fill_family_defaults = model_validator(mode="before")(_family_defaults)
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -57,6 +111,11 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"default_scheduler {self.default_scheduler!r} is unknown; allowed: {sorted(SCHEDULERS)}"
             )
+        if (self.default_scheduler in flow_schedulers()) != (self.family in FLOW_FAMILIES):
+            raise ValueError(f"default_scheduler {self.default_scheduler!r} does not suit {self.family} models; "
+                             f"allowed: {self.allowed_schedulers()}")
+        if "max_sequence_length" in self.fields and self.default_max_sequence_length is None:
+            raise ValueError(f"{self.family} models need default_max_sequence_length")
         return self
 
     @property
@@ -64,8 +123,41 @@ class ModelSpec(BaseModel):
         return FAMILY_TASKS[self.family]
 
     @property
+    def fields(self) -> frozenset[str]:
+        """The family-only request fields this model reads."""
+        return FAMILY_FIELDS.get(self.family, frozenset())
+
+    @property
+    def flow(self) -> bool:
+        return self.family in FLOW_FAMILIES
+
+    def allowed_schedulers(self) -> list[str]:
+        flow = flow_schedulers()
+        return [name for name in SCHEDULERS if (name in flow) == self.flow]
+
+    @property
     def celery_queue(self) -> str:
         return f"kiln.{self.queue}"
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """What one job may ask of this model: sides, pixels and pixel-steps (w × h × steps × images)."""
+        width = self.max_width or (self.default_width if self.fixed_size else min(2 * self.default_width, 2048))
+        height = self.max_height or (self.default_height if self.fixed_size else min(2 * self.default_height, 2048))
+        default_cost = self.default_width * self.default_height * self.default_steps
+        return {"max_width": width, "max_height": height, "max_pixels": self.max_pixels or width * height,
+                "max_cost": self.max_cost or DEFAULT_COST_FACTOR * default_cost}
+
+    def defaults(self) -> dict[str, object]:
+        values: dict[str, object] = {
+            "width": self.default_width, "height": self.default_height, "steps": self.default_steps,
+            "scheduler": self.default_scheduler, "guidance_scale": self.default_guidance_scale,
+        }
+        if "true_cfg_scale" in self.fields:
+            values["true_cfg_scale"] = self.default_true_cfg_scale
+        if "max_sequence_length" in self.fields:
+            values["max_sequence_length"] = self.default_max_sequence_length
+        return values
 
     def public(self) -> dict:
         """What `GET /v1/models` shows: no filesystem paths."""
@@ -74,13 +166,11 @@ class ModelSpec(BaseModel):
             "family": self.family,
             "description": self.description,
             "tasks": list(self.tasks),
-            "defaults": {
-                "width": self.default_width,
-                "height": self.default_height,
-                "steps": self.default_steps,
-                "scheduler": self.default_scheduler,
-                "guidance_scale": self.default_guidance_scale,
-            },
+            "defaults": self.defaults(),
+            "limits": self.limits,
+            "fields": sorted(self.fields),
+            "schedulers": self.allowed_schedulers(),
+            "guidance_distilled": self.guidance_distilled,
             "fixed_size": self.fixed_size,
             "vocabulary": self.vocabulary,
         }

@@ -61,27 +61,48 @@ def fetch(url: str, field: str, policy: safehttp.Policy) -> bytes:
     return reply.body
 
 
-def normalize(data: bytes, field: str, limits: Limits) -> bytes:
-    """Check size, format and pixel count before decoding; return the image as PNG bytes."""
+def _open(data: bytes, field: str, limits: Limits) -> Image.Image:
+    """The image with only its header read; refused if over the byte or pixel limit."""
     if len(data) > limits.max_bytes:
         raise InputRefused(f"{field} is {len(data)} bytes; at most {limits.max_bytes} are allowed",
                            field=field, code="too_large")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputRefused(f"{field} decodes to too many pixels", field=field, code="too_many_pixels") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
+        raise InputRefused(f"{field} is not a readable {'/'.join(FORMATS)} image", field=field,
+                           code="bad_image") from None
+    pixels = image.width * image.height
+    if pixels > limits.max_pixels:
+        raise InputRefused(f"{field} is {image.width}×{image.height} = {pixels} pixels; at most "
+                           f"{limits.max_pixels} are allowed", field=field, code="too_many_pixels")
+    return image
+
+
+def image_size(data: bytes, field: str, limits: Limits) -> tuple[int, int]:
+    """(width, height) from the image's header alone: no pixels are decoded."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open(data, field, limits)
+        return image.width, image.height
+
+
+def normalize(data: bytes, field: str, limits: Limits, size: tuple[int, int] | None = None) -> bytes:
+    """Check size, format and pixel count before decoding; return the image as PNG bytes, resized
+    to `size` (the job's width and height) when given."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open(data, field, limits)
         try:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            pixels = image.width * image.height
-            if pixels > limits.max_pixels:
-                raise InputRefused(f"{field} is {image.width}×{image.height} = {pixels} pixels; at most "
-                                   f"{limits.max_pixels} are allowed", field=field, code="too_many_pixels")
             image = image.convert(MODES[field])
-        except InputRefused:
-            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InputRefused(f"{field} decodes to too many pixels", field=field, code="too_many_pixels") from None
-        except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
+        except (OSError, ValueError, SyntaxError):
             raise InputRefused(f"{field} is not a readable {'/'.join(FORMATS)} image", field=field,
                                code="bad_image") from None
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()

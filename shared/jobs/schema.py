@@ -13,7 +13,7 @@ from typing import Any, Literal
 from annotated_types import Ge, Gt, Le, MaxLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.catalog import Catalog, Task
+from shared.catalog import FAMILY_ONLY_FIELDS, MAX_SEQUENCE_LENGTH, Catalog, ModelSpec, Task
 from shared.errors import ValidationFailed
 from shared.schedulers import SCHEDULERS
 from shared.settings import Settings
@@ -24,8 +24,23 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 URL_PATTERN = r"^https?://[^\s]+$"
 
 
-class JobRequest(BaseModel):
-    """The body of `POST /v1/jobs`. Every field but the prompt has a default."""
+class FlowFields(BaseModel):
+    """Fields only the flow-matching transformer families read (`FAMILY_FIELDS` in the catalog
+    says which family reads which); a job for another family naming one is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    true_cfg_scale: float | None = Field(
+        default=None, ge=1, le=30, description="FLUX only: classifier-free guidance with negative_prompt (two "
+                                               "passes per step) when > 1; default from GET /v1/models")
+    max_sequence_length: int | None = Field(
+        default=None, ge=1, le=MAX_SEQUENCE_LENGTH, description="FLUX and SD3 only: T5 prompt tokens; default "
+                                                                "from GET /v1/models")
+
+
+class JobRequest(FlowFields):
+    """The body of `POST /v1/jobs`. Every field but the prompt has a default. For FLUX models
+    that are guidance-distilled, `guidance_scale` is the embedded guidance; for SD3 it is CFG."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -113,7 +128,9 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
     """Apply the model's defaults and the checks that depend on it; return the job's params.
 
     Input images are not part of the params: the API stores them and adds their storage keys.
-    `uploads` names the images that came as multipart files rather than JSON fields.
+    `uploads` names the images that came as multipart files rather than JSON fields. An
+    image-to-image or inpaint job without a width and height takes its size from the input
+    image: its params hold `None` there until `size_from_input` fills them in.
     """
     model_name = req.model or catalog.default_name()
     if model_name not in catalog:
@@ -123,7 +140,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
     if task not in spec.tasks:
         raise ValidationFailed(f"model {spec.name!r} does not do {task!r}; it does {list(spec.tasks)}", field="task")
     _check_inputs(req, task, uploads)
-    width, height = _resolve_size(req, spec.default_width, spec.default_height, spec.fixed_size, settings)
+    _check_family_fields(req, spec)
     steps = req.steps if req.steps is not None else spec.default_steps
     if steps > settings.max_steps:
         raise ValidationFailed(f"steps must be >= 1 and <= {settings.max_steps} (got {steps})", field="steps")
@@ -131,26 +148,97 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
         raise ValidationFailed(
             f"num_images must be >= 1 and <= {settings.max_num_images} (got {req.num_images})", field="num_images"
         )
-    scheduler = req.scheduler or spec.default_scheduler
-    if scheduler not in SCHEDULERS:
-        raise ValidationFailed(f"unknown scheduler {scheduler!r}; allowed: {sorted(SCHEDULERS)}", field="scheduler")
-    return {
+    params = {
         "model": spec.name,
         "task": task,
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
-        "width": width,
-        "height": height,
+        "width": req.width,
+        "height": req.height,
         "steps": steps,
         "guidance_scale": req.guidance_scale if req.guidance_scale is not None else spec.default_guidance_scale,
-        "scheduler": scheduler,
+        "scheduler": _scheduler(req, spec),
         "seed": req.seed if req.seed is not None else secrets.randbelow(2**32),
         "num_images": req.num_images,
         "strength": _strength(req, task),
         "output_format": req.output_format,
+        **_family_params(req, spec),
         **({"preview_every": req.preview_every} if req.preview_every else {}),
         **({"webhook_url": req.webhook_url} if req.webhook_url else {}),
     }
+    if task not in IMAGE_TASKS or (req.width is not None and req.height is not None):
+        params["width"], params["height"] = _resolve_size(req, spec.default_width, spec.default_height,
+                                                          spec.fixed_size, settings)
+        check_job_size(spec, params, settings)
+    return params
+
+
+IMAGE_TASKS = ("image-to-image", "inpaint")
+
+
+def _check_family_fields(req: JobRequest, spec: ModelSpec) -> None:
+    for name in sorted(FAMILY_ONLY_FIELDS - spec.fields):
+        if getattr(req, name) is not None:
+            raise ValidationFailed(f"{name} is not used by {spec.family} models like {spec.name!r}; leave it out",
+                                   field=name)
+    if spec.family == "flux" and not spec.guidance_distilled and req.guidance_scale is not None:
+        raise ValidationFailed(f"guidance_scale does nothing for {spec.name!r} (not guidance-distilled); "
+                               "use true_cfg_scale with a negative_prompt", field="guidance_scale")
+
+
+def _family_params(req: JobRequest, spec: ModelSpec) -> dict[str, Any]:
+    """The family-only fields this model reads, with the model's defaults filled in."""
+    defaults = spec.defaults()
+    return {name: getattr(req, name) if getattr(req, name) is not None else defaults[name]
+            for name in sorted(spec.fields)}
+
+
+def _scheduler(req: JobRequest, spec: ModelSpec) -> str:
+    scheduler = req.scheduler or spec.default_scheduler
+    if scheduler not in SCHEDULERS:
+        raise ValidationFailed(f"unknown scheduler {scheduler!r}; allowed: {sorted(SCHEDULERS)}", field="scheduler")
+    allowed = spec.allowed_schedulers()
+    if scheduler not in allowed:
+        kind = "flow-matching" if spec.flow else "noise-prediction"
+        raise ValidationFailed(f"scheduler {scheduler!r} does not suit {spec.name!r} ({kind}); allowed: {allowed}",
+                               field="scheduler")
+    return scheduler
+
+
+def check_job_size(spec: ModelSpec, params: dict[str, Any], settings: Settings) -> None:
+    """Refuse a job bigger than the model declares it makes: sides, pixels, and the per-job
+    compute budget width × height × steps × num_images (a step's cost grows with pixels)."""
+    limits, width, height = spec.limits, params["width"], params["height"]
+    for name, value in (("width", width), ("height", height)):
+        if value > limits[f"max_{name}"]:
+            raise ValidationFailed(f"{name} must be at most {limits[f'max_{name}']} for {spec.name!r} "
+                                   f"(got {value})", field=name)
+    if width * height > min(limits["max_pixels"], settings.max_pixels):
+        most = min(limits["max_pixels"], settings.max_pixels)
+        raise ValidationFailed(f"width × height must be at most {most} pixels for {spec.name!r} "
+                               f"(got {width}×{height})", field="width")
+    cost = width * height * params["steps"] * params["num_images"]
+    if cost > limits["max_cost"]:
+        raise ValidationFailed(
+            f"width × height × steps × num_images = {cost} is over {spec.name!r}'s per-job budget max_cost = "
+            f"{limits['max_cost']}; ask for fewer steps, images or pixels", field="steps")
+
+
+def size_from_input(spec: ModelSpec, params: dict[str, Any], image_size: tuple[int, int],
+                    settings: Settings) -> dict[str, Any]:
+    """An image job's size: what it asked for, else the input image's (a side that is missing
+    keeps the input's aspect), rounded down to a multiple of 8; then checked like any job."""
+    in_w, in_h = image_size
+    width, height = params["width"], params["height"]
+    if width is None and height is None:
+        width, height = in_w, in_h
+    elif width is None:
+        width = round(in_w * height / in_h)
+    elif height is None:
+        height = round(in_h * width / in_w)
+    sized = {**params, "width": max(8, width - width % 8), "height": max(8, height - height % 8)}
+    check_job_size(spec, sized, settings)
+    return sized
 
 
 def _strength(req: JobRequest, task: str) -> float | None:
