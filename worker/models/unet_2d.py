@@ -67,6 +67,8 @@ class UNet2DModel(ModelMixin):
         self.sample_size = sample_size
         base = block_out_channels[0]
         time_embed_dim = time_embedding_dim or base * 4
+        # Built in the reference's order (conv_in, embeddings, levels) so a seed gives the same init.
+        self.conv_in = nn.Conv2d(in_channels, base, kernel_size=3, padding=1)
         self.time_proj, time_input_dim = _time_projection(self.config)
         self.time_embedding = TimestepEmbedding(time_input_dim, time_embed_dim)
         self.class_embedding = _class_embedding(class_embed_type, num_class_embeds, time_input_dim, time_embed_dim)
@@ -74,7 +76,6 @@ class UNet2DModel(ModelMixin):
                          eps=norm_eps, act_fn=act_fn, groups=norm_num_groups, time_scale_shift=resnet_time_scale_shift,
                          dropout=dropout, downsample_padding=downsample_padding,
                          attention_head_dim=attention_head_dim)
-        self.conv_in = nn.Conv2d(in_channels, base, kernel_size=3, padding=1)
         self.down_blocks = nn.ModuleList(down_levels(spec, down_block_types, block_out_channels))
         self.mid_block = None
         if mid_block_type is not None:

@@ -94,8 +94,9 @@ class UNet2DConditionModel(ModelMixin):
         _check_config(self.config)
         self.sample_size = sample_size
         self.num_upsamplers = len(block_out_channels) - 1
-        time_embed_dim = self._build_embeddings(self.config)
+        # Built in the reference's order (conv_in, embeddings, levels) so a seed gives the same init.
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
+        time_embed_dim = self._build_embeddings(self.config)
         levels = _per_level(self.config)
         blocks_temb = time_embed_dim * 2 if class_embeddings_concat else time_embed_dim
         spec = BlockSpec(in_channels=0, out_channels=0, temb_channels=blocks_temb, num_layers=1, eps=norm_eps,

@@ -81,10 +81,23 @@ ATTENTION_KINDS: dict[str, Callable[[BlockSpec, int, int], nn.Module]] = {
 }
 
 
-def _attentions(spec: BlockSpec, kind: str | None, channels: int, count: int) -> nn.ModuleList | None:
-    if kind is None or not spec.add_attention:
-        return None
-    return nn.ModuleList([ATTENTION_KINDS[kind](spec, channels, i) for i in range(count)])
+def _layers(spec: BlockSpec, kind: str | None, widths: Sequence[tuple[int, int]],
+            attention_first: bool = False) -> tuple[nn.ModuleList, nn.ModuleList | None]:
+    """Resnets of the given (in, out) widths, each paired with an attention of kind `kind`.
+
+    Modules are created pair by pair (resnet then its attention; `attention_first` for mid
+    levels, whose first resnet stands alone), in the order the reference builds them, so that
+    random initialisation under one seed gives the same weights.
+    """
+    attend = kind is not None and spec.add_attention
+    resnets, attentions = [], []
+    for i, (width_in, width_out) in enumerate(widths):
+        if attention_first and attend and i > 0:
+            attentions.append(ATTENTION_KINDS[kind](spec, width_out, i - 1))
+        resnets.append(spec.resnet(width_in, width_out))
+        if not attention_first and attend:
+            attentions.append(ATTENTION_KINDS[kind](spec, width_out, i))
+    return nn.ModuleList(resnets), (nn.ModuleList(attentions) if attend else None)
 
 
 class DownBlock(nn.Module):
@@ -93,10 +106,8 @@ class DownBlock(nn.Module):
     def __init__(self, spec: BlockSpec, attention: str | None = None):
         super().__init__()
         out = spec.out_channels
-        self.resnets = nn.ModuleList(
-            [spec.resnet(spec.in_channels if i == 0 else out, out) for i in range(spec.num_layers)]
-        )
-        self.attentions = _attentions(spec, attention, out, spec.num_layers)
+        widths = [(spec.in_channels if i == 0 else out, out) for i in range(spec.num_layers)]
+        self.resnets, self.attentions = _layers(spec, attention, widths)
         self.downsamplers = None
         if spec.add_sample:
             self.downsamplers = nn.ModuleList([Downsample2D(out, out, padding=spec.downsample_padding)])
@@ -121,8 +132,8 @@ class MidBlock(nn.Module):
     def __init__(self, spec: BlockSpec, attention: str | None = None):
         super().__init__()
         channels = spec.in_channels
-        self.resnets = nn.ModuleList([spec.resnet(channels, channels) for _ in range(spec.num_layers + 1)])
-        self.attentions = _attentions(spec, attention, channels, spec.num_layers)
+        widths = [(channels, channels)] * (spec.num_layers + 1)
+        self.resnets, self.attentions = _layers(spec, attention, widths, attention_first=True)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,8 +161,7 @@ class UpBlock(nn.Module):
         else:
             widths = [spec.in_channels if i == 0 else out for i in range(n)]
         self.takes_skips = skips
-        self.resnets = nn.ModuleList([spec.resnet(width, out) for width in widths])
-        self.attentions = _attentions(spec, attention, out, n)
+        self.resnets, self.attentions = _layers(spec, attention, [(width, out) for width in widths])
         self.upsamplers = nn.ModuleList([Upsample2D(out, out)]) if spec.add_sample else None
 
     def forward(self, h: torch.Tensor, skips: Sequence[torch.Tensor] = (), temb: torch.Tensor | None = None,
