@@ -2,6 +2,7 @@
 
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.ddpm import DDPMPipeline
+from worker.pipelines.flux import FluxPipeline
 from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
 from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
 from worker.pipelines.output import ImagePipelineOutput
@@ -13,6 +14,7 @@ __all__ = [
     "Conditioning",
     "DDPMPipeline",
     "DiffusionPipeline",
+    "FluxPipeline",
     "ImagePipelineOutput",
     "Sampling",
     "StableDiffusionImg2ImgPipeline",

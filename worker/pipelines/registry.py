@@ -15,6 +15,7 @@ class UnsupportedPipelineError(ValueError):
 def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
     """Diffusers pipeline class name -> Kiln class (imported on first use to avoid cycles)."""
     from worker.pipelines.ddpm import DDPMPipeline
+    from worker.pipelines.flux import FluxPipeline
     from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
     from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
     from worker.pipelines.sdxl import StableDiffusionXLPipeline
@@ -26,6 +27,7 @@ def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
         StableDiffusionImg2ImgPipeline,
         StableDiffusionInpaintPipeline,
         StableDiffusionXLPipeline,
+        FluxPipeline,
     )
     return {cls.__name__: cls for cls in classes}
 

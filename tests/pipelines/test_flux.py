@@ -1,0 +1,160 @@
+"""FLUX pipelines: parity with diffusers on the same tiny weights (text-to-image, image-to-image,
+inpaint), loading what diffusers saved and the other way round."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.pipelines import tiny_flow
+from tests.pipelines.tiny import MAX_PIXEL_DIFF, max_diff, seeded
+from worker.pipelines import DiffusionPipeline, FluxPipeline
+
+ARGS = dict(num_inference_steps=2, output_type="np", height=32, width=32, max_sequence_length=16)
+
+
+def kiln_from_pretrained(folder, ref, cls=DiffusionPipeline, **kwargs):
+    """Kiln's load of `folder`; until Kiln ships `FluxTransformer2DModel`, diffusers' transformer is passed in."""
+    import worker.models
+
+    if not hasattr(worker.models, "FluxTransformer2DModel"):
+        kwargs.setdefault("transformer", ref.transformer)
+    return cls.from_pretrained(folder, **kwargs)
+
+
+def _saved(tmp_path_factory, guidance_embeds: bool):
+    import diffusers
+
+    folder = tiny_flow.save_tiny_flux(tmp_path_factory.mktemp("flux"), guidance_embeds)
+    ref = diffusers.FluxPipeline.from_pretrained(folder)
+    return ref, kiln_from_pretrained(folder, ref), folder
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    """(diffusers FluxPipeline, Kiln's load of the same folder, folder): FLUX.1-dev-like (guidance embeds)."""
+    return _saved(tmp_path_factory, guidance_embeds=True)
+
+
+@pytest.fixture(scope="module")
+def flux_schnell(tmp_path_factory):
+    return _saved(tmp_path_factory, guidance_embeds=False)
+
+
+CASES = {
+    "plain": dict(prompt="a red cat"),
+    "guidance-and-prompt-2": dict(prompt="a red cat", prompt_2="a photo of the dog", guidance_scale=5.0),
+    "true-cfg": dict(prompt="a red cat", negative_prompt="ugly", negative_prompt_2="blurry", true_cfg_scale=4.0),
+    "batch-non-square": dict(prompt=["a cat", "a dog"], num_images_per_prompt=2, height=48, width=32),
+    "custom-sigmas": dict(prompt="a cat", sigmas=[1.0, 0.6, 0.3], num_inference_steps=3),
+}
+
+
+@pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
+def test_flux_matches_diffusers(flux, kwargs):
+    ref, pipe, _ = flux
+    assert type(pipe) is FluxPipeline
+    args = {**ARGS, **kwargs}
+    expected = ref(generator=seeded(3), **args).images
+    got = pipe(generator=seeded(3), **args).images
+    assert got.shape == expected.shape
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF
+
+
+def test_flux_without_guidance_embeds_matches_diffusers(flux_schnell):
+    ref, pipe, _ = flux_schnell
+    args = {**ARGS, "prompt": ["a cat", "a blue dog"], "guidance_scale": 0.0}
+    assert max_diff(pipe(generator=seeded(1), **args).images, ref(generator=seeded(1), **args).images) < MAX_PIXEL_DIFF
+
+
+def test_flux_embeds_latents_and_output_types(flux):
+    ref, pipe, _ = flux
+    embeds, pooled, _ = ref.encode_prompt("a red cat", prompt_2=None, max_sequence_length=16)
+    cond = pipe.encode_prompt("a red cat", max_sequence_length=16)
+    assert torch.allclose(cond.prompt_embeds, embeds, atol=1e-5)
+    assert torch.allclose(cond.added["pooled_projections"], pooled, atol=1e-5)
+    latents = torch.randn(1, 64, 64, generator=seeded(5))  # packed: (B, 16·16/4, 4·16)
+    args = {**ARGS, "prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "latents": latents}
+    expected = ref(**args).images
+    assert max_diff(pipe(**args).images, expected) < MAX_PIXEL_DIFF
+    assert pipe(**{**args, "output_type": "latent"}).images.shape == (1, 64, 64)
+    pt = pipe(**{**args, "output_type": "pt"}).images
+    assert pt.shape == (1, 3, 32, 32) and max_diff(pt.permute(0, 2, 3, 1), expected) < MAX_PIXEL_DIFF
+    pil = pipe(**{**args, "output_type": "pil"}, return_dict=False)[0]
+    assert pil[0].size == (32, 32)
+
+
+def test_flux_callback_sees_and_replaces_latents(flux):
+    ref, pipe, _ = flux
+    seen = []
+
+    def callback(_pipe, i, t, tensors):
+        seen.append((i, float(t), tuple(tensors["latents"].shape), tuple(tensors["prompt_embeds"].shape)))
+        return {"latents": tensors["latents"] * 0.5}
+
+    args = {**ARGS, "prompt": "a cat", "callback_on_step_end": callback,
+            "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"]}
+    got = pipe(generator=seeded(2), **args).images
+    seen_by_pipe, seen[:] = list(seen), []
+    expected = ref(generator=seeded(2), **args).images
+    assert [s[0] for s in seen_by_pipe] == [0, 1] and seen_by_pipe[0][2:] == ((1, 64, 64), (1, 16, 32))
+    assert np.allclose([s[1] for s in seen_by_pipe], [s[1] for s in seen], atol=1e-3)
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        pipe(**{**args, "callback_on_step_end_tensor_inputs": ["noise"]})
+
+
+def test_flux_calls_transformer_with_diffusers_keywords(flux):
+    """The serving worker swaps the transformer for a stand-in: the call must be by keyword, as in diffusers."""
+    _, pipe, _ = flux
+    calls = []
+    real = pipe.transformer
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    view = FluxPipeline(**{**pipe.components, "transformer": real})
+    object.__setattr__(view, "transformer", _Spy(real, spy))
+    view(prompt="a cat", negative_prompt="ugly", true_cfg_scale=2.0, **{**ARGS, "num_inference_steps": 1})
+    assert set(calls[0]) == {"hidden_states", "timestep", "guidance", "pooled_projections", "encoder_hidden_states",
+                             "txt_ids", "img_ids", "joint_attention_kwargs", "return_dict"}
+    assert calls[0]["hidden_states"].shape[0] == 2 and calls[0]["timestep"].max() <= 1.0
+
+
+class _Spy:
+    def __init__(self, real, call):
+        self._real, self._call = real, call
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            raise AssertionError("transformer called with positional arguments")
+        return self._call(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_flux_rejects_bad_input(flux):
+    _, pipe, _ = flux
+    with pytest.raises(ValueError, match="exactly one of prompt"):
+        pipe(**ARGS)
+    with pytest.raises(ValueError, match="max_sequence_length"):
+        pipe(prompt="a cat", **{**ARGS, "max_sequence_length": 600})
+    with pytest.raises(ValueError, match="pooled_prompt_embeds"):
+        pipe(prompt_embeds=torch.zeros(1, 16, 32), **ARGS)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(prompt="a cat", **{**ARGS, "output_type": "jpeg"})
+
+
+def test_diffusers_loads_what_kiln_saved(flux, tmp_path):
+    import diffusers
+
+    ref, pipe, _ = flux
+    pipe.save_pretrained(tmp_path)
+    again = diffusers.FluxPipeline.from_pretrained(tmp_path)
+    args = {**ARGS, "prompt": "a dog"}
+    assert max_diff(again(generator=seeded(4), **args).images, ref(generator=seeded(4), **args).images) < MAX_PIXEL_DIFF
+    reloaded = kiln_from_pretrained(tmp_path, ref)
+    assert type(reloaded) is FluxPipeline and type(reloaded.tokenizer_2).__name__.startswith("T5Tokenizer")
