@@ -19,17 +19,20 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-MODEL_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "AutoencoderKL")
+MODEL_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "FluxTransformer2DModel", "SD3Transformer2DModel")
 TRANSFORMERS_MODELS = (
     "CLIPTextModel",
     "CLIPTextModelWithProjection",
     "CLIPVisionModelWithProjection",
+    "T5EncoderModel",
 )
 TRANSFORMERS_PROCESSORS = (
     "CLIPTokenizer",
     "CLIPTokenizerFast",
     "CLIPImageProcessor",
     "CLIPFeatureExtractor",
+    "T5TokenizerFast",
+    "T5Tokenizer",
 )
 # Components Kiln does not ship; they load as None with a log line.
 SKIPPED_CLASSES = ("StableDiffusionSafetyChecker",)
