@@ -11,20 +11,20 @@ from shared.settings import get_settings
 
 def main(argv: list[str] | None = None) -> None:
     configure_logging(get_settings().log_level, get_settings().log_format)
-    from worker.app import celery, queues, settings, start_metrics
+    from worker.app import celery, process
 
-    start_metrics()  # /livez answers while Celery starts; /healthz once it is ready
+    process.start_metrics()  # /livez answers while Celery starts; /healthz once it is ready
 
     args = [
         "worker",
         # Threads: each takes one job and runs it in the model's shared step batch.
         "--pool=threads",
-        f"--concurrency={settings.worker_slots}",
-        f"--queues={','.join(queues())}",
+        f"--concurrency={process.settings.worker_slots}",
+        f"--queues={','.join(process.queues())}",
         f"--hostname=kiln-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
-        f"--loglevel={settings.log_level}",
+        f"--loglevel={process.settings.log_level}",
         *(sys.argv[1:] if argv is None else argv),
     ]
     celery.worker_main(args)

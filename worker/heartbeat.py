@@ -26,10 +26,12 @@ class Heartbeat(threading.Thread):
             if self._stop.wait(self.interval_s):
                 return
 
-    def beat(self, state: str = "online") -> None:
+    def beat(self, state: str | None = None) -> None:
+        """Announce the status now; `state` overrides the one the status callable reports."""
         try:
             status = self.status()
-            status.state = state
+            if state is not None:
+                status.state = state
             self.registry.announce(status, ttl_s=self.interval_s * 3 + 1)
         except Exception:
             logger.warning("heartbeat failed; retrying", exc_info=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from shared.jobs.scripts import _MOVE
 from shared.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -43,3 +44,29 @@ class LeaseKeeper:
                 logger.error("lost the lease of %s; another worker may run it", self.job_id)
                 self.lost.set()
                 return
+
+
+# KEYS: job hash, lease. ARGV[4] token, ARGV[5] "1" when the attempt is refunded (the job never
+# had a fair run: infrastructure fault). Puts a running job this token holds back to `queued`.
+HAND_BACK = _MOVE + """
+local prefix, id, now = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
+redis.call('DEL', KEYS[2])
+move(prefix, id, KEYS[1], 'running', 'queued', now)
+redis.call('HSET', KEYS[1], 'worker', '', 'progress_step', 0, 'phase', '')
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  redis.call('HINCRBY', KEYS[1], 'infra_retries', 1)
+end
+return 1
+"""
+
+
+def hand_back_job(store: JobStore, job_id: str, token: str, refund_attempt: bool) -> bool:
+    """Give up a running job this token leases: it goes back to `queued` (lease dropped) for the
+    caller to enqueue again. `refund_attempt` takes back the attempt `JobStore.start` counted, for
+    faults that were not the job's (so they never count towards `KILN_MAX_ATTEMPTS`). Returns
+    False when the job was no longer ours (finished, or its lease expired and was taken)."""
+    script = store.redis.register_script(HAND_BACK)
+    return bool(store._call(script, job_id, token, "1" if refund_attempt else "0"))

@@ -1,8 +1,11 @@
 """Runs one delivered job from start to a terminal state.
 
 The job record decides whether a delivery runs at all (`JobStore.start`): a finished job, or one
-whose lease another live worker holds, is left alone. Any failure of the model or pipeline ends
-the job `failed` with a readable error and the worker keeps serving.
+whose lease another live worker holds, is left alone. Failures are sorted by `worker.faults`: a
+failure of the model or pipeline ends the job `failed` with a readable error and the worker keeps
+serving; Redis or storage being unreachable is retried in place and then hands the job back
+(`InfrastructureUnavailable`, the attempt refunded); a broken device hands the job back
+(`DeviceBroken`, the attempt counted) for the worker to exit.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.storage.keys import output_key
 from worker.execute import LoadedModel, run_params
-from worker.lease import LeaseKeeper
+from worker.faults import (DeviceBroken, InfrastructureUnavailable, is_device_fault, is_infrastructure_fault,
+                           retry_infrastructure)
+from worker.lease import LeaseKeeper, hand_back_job
 from worker.pipeline_cache import PipelineCache
 from worker.previews import encode_png, preview_image
 
@@ -57,14 +62,18 @@ class JobRunner:
         with log_context(job_id=job_id):
             return self._run(job_id)
 
+    def _retry(self, call, what: str):
+        """`call()`, retried in place while Redis or storage is unreachable (`KILN_INFRA_RETRY_S`)."""
+        return retry_infrastructure(call, what, self.settings.infra_retry_s)
+
     def _run(self, job_id: str) -> str:
         token = uuid.uuid4().hex
-        result = self.store.start(job_id, self.worker_id, token, self.settings.lease_ttl_s,
-                                  self.settings.max_attempts)
+        result = self._retry(lambda: self.store.start(job_id, self.worker_id, token, self.settings.lease_ttl_s,
+                                                      self.settings.max_attempts), "starting the job")
         if not result.started:
             logger.info("job %s not run: %s %s", job_id, result.outcome, result.detail)
             return result.outcome
-        job = self.store.get(job_id)
+        job = self._retry(lambda: self.store.get(job_id), "reading the job")
         with log_context(request_id=job.request_id):
             return self._run_started(job, token)
 
@@ -75,15 +84,32 @@ class JobRunner:
         try:
             with LeaseKeeper(self.store, job.id, token, self.settings.lease_ttl_s) as lease:
                 status, outputs, error, timings = self._execute(job, token, lease)
+                observe_job_finished(job, status, timings)
+                finished = self._retry(lambda: self.store.finish(job.id, token, status, outputs=outputs, error=error,
+                                                                 timings=timings), "storing the job's result")
+        except InfrastructureUnavailable as exc:
+            self._hand_back(job, token, refund_attempt=True, why=str(exc))
+            raise
+        except DeviceBroken as exc:
+            self._hand_back(job, token, refund_attempt=False, why=str(exc))
+            raise
         finally:
             with self._running_lock:
                 self._running.discard(job.id)
-        observe_job_finished(job, status, timings)
-        if not self.store.finish(job.id, token, status, outputs=outputs, error=error, timings=timings):
+        if not finished:
             logger.warning("job %s finished here but its record had moved on; result dropped", job.id)
             return "superseded"
         logger.info("job %s %s in %.2fs", job.id, status.value, timings.get("total_s", 0.0))
         return status.value
+
+    def _hand_back(self, job: Job, token: str, refund_attempt: bool, why: str) -> None:
+        """Put the job back to `queued` for the caller to send again. If Redis is still away, the
+        lease expires on its own and a reaper requeues the job (counting the attempt)."""
+        logger.warning("job %s handed back to its queue (%s)", job.id, why)
+        try:
+            self._retry(lambda: hand_back_job(self.store, job.id, token, refund_attempt), "handing the job back")
+        except InfrastructureUnavailable:
+            logger.error("could not hand job %s back; its lease expires and a reaper requeues it", job.id)
 
     def _execute(self, job: Job, token: str, lease: LeaseKeeper):
         started = time.time()
@@ -95,8 +121,11 @@ class JobRunner:
             t0 = time.time()
             spec = self.catalog.get(job.model)
             self._phase(job, token, "denoising")
-            images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease),
-                                self._input_images(job), self._preview_hook(job, token, spec.family))
+            try:
+                images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease),
+                                    self._input_images(job), self._preview_hook(job, token, spec.family))
+            finally:
+                self.cache.release(loaded)  # an evicted model is freed once its last job is done
             timings["model_s"] = round(time.time() - t0, 4)
             t0 = time.time()
             self._phase(job, token, "uploading")
@@ -114,20 +143,25 @@ class JobRunner:
         except JobError as exc:
             logger.warning("job %s failed: %s", job.id, exc.message)
             return Status.FAILED, [], exc.to_dict(), timings
+        except (InfrastructureUnavailable, DeviceBroken):
+            raise
         except Exception as exc:  # a pipeline bug must fail the job, not the worker
+            _raise_if_not_the_jobs(exc)
             logger.exception("job %s failed in the pipeline", job.id)
             error = PipelineError(f"{type(exc).__name__}: {exc}")
             return Status.FAILED, [], error.to_dict(), timings
 
     def _load(self, job: Job) -> LoadedModel:
         try:
-            return self.cache.get(job.model)
+            return self.cache.acquire(job.model)
         except Exception as exc:
+            _raise_if_not_the_jobs(exc)
             logger.exception("could not load model %s", job.model)
             raise ModelLoadError(f"model {job.model!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
 
     def _phase(self, job: Job, token: str, phase: str) -> None:
-        self.store.annotate(job.id, token, {"type": "phase", "phase": phase}, phase=phase)
+        self._retry(lambda: self.store.annotate(job.id, token, {"type": "phase", "phase": phase}, phase=phase),
+                    f"recording phase {phase}")
 
     def _preview_hook(self, job: Job, token: str, family: str):
         """Stores the job's latest preview (`previews/<id>/latest.png`) and tells the record."""
@@ -137,9 +171,9 @@ class JobRunner:
 
         def on_preview(step: int, latents: torch.Tensor) -> None:
             png = encode_png(preview_image(latents, pixel_space=family == "ddpm"))
-            self.storage.put(key, png, "image/png")
-            self.store.annotate(job.id, token, {"type": "preview", "step": step}, preview_key=key,
-                                preview_step=step)
+            self._retry(lambda: self.storage.put(key, png, "image/png"), "storing a preview")
+            self._retry(lambda: self.store.annotate(job.id, token, {"type": "preview", "step": step},
+                                                    preview_key=key, preview_step=step), "recording a preview")
 
         return on_preview
 
@@ -149,7 +183,8 @@ class JobRunner:
         for param, argument, mode in (("image_key", "image", "RGB"), ("mask_key", "mask_image", "L")):
             key = job.params.get(param)
             if key:
-                inputs[argument] = Image.open(io.BytesIO(self.storage.get(key))).convert(mode)
+                data = self._retry(lambda: self.storage.get(key), f"reading input {key}")
+                inputs[argument] = Image.open(io.BytesIO(data)).convert(mode)
         return inputs
 
     def _step_hook(self, job_id: str, token: str, lease: LeaseKeeper):
@@ -165,7 +200,7 @@ class JobRunner:
             if step < total and now - last[0] < self.settings.progress_interval_s:
                 return
             last[0] = now
-            if self.store.progress(job_id, token, step, total) == "cancel":
+            if self._retry(lambda: self.store.progress(job_id, token, step, total), "recording progress") == "cancel":
                 raise JobCanceled("canceled by request")
 
         return on_step
@@ -178,7 +213,15 @@ class JobRunner:
             image.save(buffer, format=fmt.upper())
             data = buffer.getvalue()
             key = output_key(job.id, index, fmt)
-            self.storage.put(key, data, CONTENT_TYPES[fmt])
+            self._retry(lambda: self.storage.put(key, data, CONTENT_TYPES[fmt]), f"uploading {key}")
             outputs.append(Output(index=index, key=key, size=len(data), seed=job.params["seed"],
                                   content_type=CONTENT_TYPES[fmt], width=image.width, height=image.height))
         return outputs
+
+
+def _raise_if_not_the_jobs(exc: Exception) -> None:
+    """Re-raise a failure that is not the job's own as what it is (see `worker.faults`)."""
+    if is_infrastructure_fault(exc):
+        raise InfrastructureUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if is_device_fault(exc):
+        raise DeviceBroken(f"{type(exc).__name__}: {exc}") from exc
