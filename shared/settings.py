@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     # API.
     secret_key: str | None = Field(
         default=None, description="signs dashboard sessions; unset: a random one, kept in Redis")
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^/?#@\s]+(/[^?#\s]*)?$",
+                            description="the API's address in every URL it returns; never the Host header")
     max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
     max_num_images: int = Field(default=8, ge=1, le=64)
     max_steps: int = Field(default=150, ge=1, le=1000)
@@ -80,11 +81,23 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0, le=10)
     fetch_allow_private: bool = Field(default=False, description="allow URLs on private/loopback addresses")
+    fetch_max_concurrent: int = Field(default=16, ge=1, description="input URL fetches at once per API process")
+
+    # Request bodies, checked before parsing (api.bodylimits). JSON may carry two base64 images.
+    json_max_bytes: int = Field(default=28 * 1024 * 1024, ge=1024)
+    upload_max_bytes: int = Field(default=24 * 1024 * 1024, ge=1024, description="multipart bodies")
+    form_max_bytes: int = Field(default=64 * 1024, ge=1024, description="other bodies (dashboard forms)")
+    json_max_items: int = Field(default=10_000, ge=16, description="keys + array elements in one JSON body")
+    json_max_depth: int = Field(default=32, ge=2, description="nesting of JSON objects and arrays")
 
     # Events and webhooks.
     sse_max_lifetime_s: float = Field(default=600.0, gt=0)
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
-    sse_max_streams: int = Field(default=64, ge=1, description="open event streams per API process")
+    sse_max_streams: int = Field(default=1000, ge=1, description="open event streams per API process")
+    sse_max_streams_per_key: int = Field(default=20, ge=1, description="open event streams per API key")
+    api_max_requests: int = Field(
+        default=500, ge=8, description="other connections per API process, beside the event streams")
+    sse_key_recheck_s: float = Field(default=5.0, gt=0, description="how often a stream re-checks its key")
     webhook_secret: str | None = Field(default=None, min_length=16, description="signs every webhook")
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry delay; doubles")
@@ -98,6 +111,10 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
     job_timeout_s: float = Field(default=1800.0, gt=0)
+    infra_retry_s: float = Field(
+        default=30.0, gt=0, description="how long a worker retries a call to Redis/storage in place "
+        "before handing the job back to its queue (never failing it)")
+    preload_default_model: bool = Field(default=True, description="load the catalog's default model at start")
     retention_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     # Worker.
