@@ -49,6 +49,9 @@ FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
             "default_width": 1024, "default_height": 1024},
 }
 
+# Image sides must be multiples of this: the VAE's 8, times the patch size 2 of FLUX's packing and SD3.
+SIZE_MULTIPLE: dict[str, int] = {"flux": 16, "sd3": 16}
+
 MAX_SEQUENCE_LENGTH = 512  # T5's position limit in FLUX and SD3
 # Without a declared per-job budget a model accepts jobs up to this many times its default job
 # (default size × default steps × 1 image): a 64×64 model does not take a 1024×1024 job.
@@ -128,6 +131,10 @@ class ModelSpec(BaseModel):
         return FAMILY_FIELDS.get(self.family, frozenset())
 
     @property
+    def size_multiple(self) -> int:
+        return SIZE_MULTIPLE.get(self.family, 8)
+
+    @property
     def flow(self) -> bool:
         return self.family in FLOW_FAMILIES
 
@@ -169,6 +176,7 @@ class ModelSpec(BaseModel):
             "defaults": self.defaults(),
             "limits": self.limits,
             "fields": sorted(self.fields),
+            "size_multiple": self.size_multiple,
             "schedulers": self.allowed_schedulers(),
             "guidance_distilled": self.guidance_distilled,
             "fixed_size": self.fixed_size,

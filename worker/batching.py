@@ -13,6 +13,14 @@ Jobs join at the next step boundary (their first request) and leave when their l
 and step counts mix freely; multi-evaluation schedulers (Heun, DPM2) simply ask more often.
 If a batched call fails (out of memory, say), each request is retried alone so that only the job
 that cannot run fails.
+
+Transformer denoisers (FLUX, SD3) go through `BatchedTransformer`: per-row tensors (packed
+latents, timestep, guidance, pooled and token text states) are concatenated; per-call tensors
+(FLUX's `img_ids`/`txt_ids`, no batch axis) must be equal within a call, so their contents are
+part of the layout key. Text of different lengths never shares a call (grouping by length, see
+docs/performance.md). A call's cost is its latent elements: groups run cheapest first and no call
+holds more than `max_call_cost` elements, so one oversized job cannot make a round of small jobs
+wait behind a call that also carries them. `close()` stops the thread and drops the model.
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ from shared.metrics import observe_step
 logger = logging.getLogger(__name__)
 
 
+class BatcherClosed(RuntimeError):
+    """A request reached a batcher whose model was unloaded."""
+
+
+_STOP: Any = object()  # queued by `close`: the thread finishes what came before it and exits
+
+
 @dataclass
 class StepRequest:
     """One model call asked for by one job: tensors are (rows, ...)."""
@@ -38,6 +53,8 @@ class StepRequest:
     sample: torch.Tensor
     timestep: torch.Tensor | None  # None for calls without one (VAE decode)
     kwargs: dict[str, Any]  # encoder_hidden_states, timestep_cond, added_cond_kwargs (or empty)
+    per_call: dict[str, torch.Tensor] = field(default_factory=dict)  # shared by all rows (img_ids, txt_ids)
+    names: tuple[str, str] | None = None  # keyword names of sample and timestep; None: positional
     done: threading.Event = field(default_factory=threading.Event)
     result: torch.Tensor | None = None
     error: BaseException | None = None
@@ -45,6 +62,11 @@ class StepRequest:
     @property
     def rows(self) -> int:
         return self.sample.shape[0]
+
+    @property
+    def cost(self) -> int:
+        """Latent elements in the call: what a step's time grows with."""
+        return self.sample.numel()
 
     def layout(self) -> tuple:
         """Requests with equal layouts can share one model call."""
@@ -55,8 +77,15 @@ class StepRequest:
                 return tuple(sorted((k, shape(v)) for k, v in value.items()))
             return value
 
-        return (shape(self.sample), self.timestep is None,
-                tuple(sorted((k, shape(v)) for k, v in self.kwargs.items())))
+        return (shape(self.sample), self.timestep is None, self.names,
+                tuple(sorted((k, shape(v)) for k, v in self.kwargs.items())),
+                tuple(sorted((k, _fingerprint(v)) for k, v in self.per_call.items())))
+
+
+def _fingerprint(tensor: torch.Tensor) -> tuple:
+    """Shape, dtype and contents of a per-call tensor: calls share it only when it is equal."""
+    values = tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+    return tuple(tensor.shape), tensor.dtype, hash(values)
 
 
 def _cat_kwargs(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,11 +118,14 @@ class StepBatcher:
     """Runs the calls of many job threads on one module, batched at step boundaries."""
 
     def __init__(self, module: torch.nn.Module, max_rows: int = 16, max_window_s: float = 0.25,
-                 name: str = "model", method: str = "forward", min_window_s: float = 0.0) -> None:
+                 name: str = "model", method: str = "forward", min_window_s: float = 0.0,
+                 max_call_cost: int | None = None) -> None:
         """`method` is the module's method the requests call (`forward`, or `decode` for a VAE);
-        `min_window_s` is how long to wait for company even when no other job is expected."""
+        `min_window_s` is how long to wait for company even when no other job is expected;
+        `max_call_cost` caps the latent elements of one call (a bigger request runs alone)."""
         self.module, self.max_rows, self.max_window_s, self.name = module, max_rows, max_window_s, name
-        self.method, self.min_window_s = method, min_window_s
+        self.method, self.min_window_s, self.max_call_cost = method, min_window_s, max_call_cost
+        self._closed = False
         self.stats = BatchStats()
         self._inbox: queue.Queue[StepRequest] = queue.Queue()
         self._lock = threading.Lock()
@@ -107,19 +139,50 @@ class StepBatcher:
         return Session(self)
 
     def submit(self, request: StepRequest) -> torch.Tensor:
+        if self._closed:
+            raise BatcherClosed(f"the {self.name} batcher is closed (its model was unloaded)")
         self._inbox.put(request)
         request.done.wait()
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread once the requests already queued are served, and drop the module so its
+        memory can be freed. Later requests raise `BatcherClosed`."""
+        self._closed = True
+        self._inbox.put(_STOP)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     # -- batcher thread ---------------------------------------------------------------------
     def _serve(self) -> None:
         torch.set_grad_enabled(False)
-        while True:
-            pending = self._gather(self._inbox.get())
-            for group in self._groups(pending):
+        stopping = False
+        while not stopping:
+            first = self._inbox.get()
+            if first is _STOP:
+                break
+            pending = self._gather(first)
+            stopping = pending[-1] is _STOP
+            for group in self._groups([r for r in pending if r is not _STOP]):
                 self._run(group)
+        self._fail_leftovers()
+        self.module = None  # type: ignore[assignment]  # the thread no longer keeps the model alive
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                request = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if request is not _STOP:
+                request.error = BatcherClosed(f"the {self.name} batcher closed before this step ran")
+                request.done.set()
 
     def _gather(self, first: StepRequest) -> list[StepRequest]:
         """The first request, then more until every in-loop job has asked or the window closes."""
@@ -146,18 +209,27 @@ class StepBatcher:
                 except queue.Empty:
                     break
             pending.append(request)
+            if request is _STOP:
+                break
             rows += request.rows
         return pending
 
     def _groups(self, pending: list[StepRequest]) -> list[list[StepRequest]]:
-        """Split into compatible groups of at most `max_rows` rows (a bigger request runs alone)."""
+        """Split into compatible groups of at most `max_rows` rows and `max_call_cost` elements
+        (a bigger request runs alone), cheapest group first."""
         by_layout: dict[tuple, list[list[StepRequest]]] = {}
         for request in pending:
             chunks = by_layout.setdefault(request.layout(), [[]])
-            if chunks[-1] and sum(r.rows for r in chunks[-1]) + request.rows > self.max_rows:
+            if chunks[-1] and not self._fits(chunks[-1], request):
                 chunks.append([])
             chunks[-1].append(request)
-        return [chunk for chunks in by_layout.values() for chunk in chunks]
+        groups = [chunk for chunks in by_layout.values() for chunk in chunks]
+        return sorted(groups, key=lambda group: sum(r.cost for r in group))
+
+    def _fits(self, chunk: list[StepRequest], request: StepRequest) -> bool:
+        if sum(r.rows for r in chunk) + request.rows > self.max_rows:
+            return False
+        return self.max_call_cost is None or sum(r.cost for r in chunk) + request.cost <= self.max_call_cost
 
     def _run(self, group: list[StepRequest]) -> None:
         started = time.monotonic()
@@ -185,7 +257,10 @@ class StepBatcher:
             if len({t.dtype for t in timesteps}) > 1:  # integer and float schedules in one batch
                 timesteps = [t.float() for t in timesteps]
             args.append(torch.cat(timesteps))
-        kwargs = _cat_kwargs([r.kwargs for r in group])
+        kwargs = {**_cat_kwargs([r.kwargs for r in group]), **group[0].per_call}
+        if group[0].names is not None:  # transformers take hidden_states and timestep by keyword
+            kwargs.update(zip(group[0].names, args))
+            args = []
         call = self.module if self.method == "forward" else getattr(self.module, self.method)
         with torch.inference_mode():
             output = call(*args, **kwargs, return_dict=False)[0]
@@ -298,3 +373,39 @@ class BatchedDecoder(_StandIn):
             return self.inner.decode(z, return_dict=return_dict, generator=generator, **kwargs)
         output = self.session.request(StepRequest(z, None, {}))
         return ModelOutput(output) if return_dict else (output,)
+
+
+class BatchedTransformer(_StandIn):
+    """The transformer denoiser (FLUX, SD3) of one job's pipeline, through the step batcher.
+
+    Per-row: `hidden_states` (B, seq, C) packed latents, `timestep` (B,), `guidance` (B,),
+    `pooled_projections` (B, D), `encoder_hidden_states` (B, text_len, D). Per-call: `img_ids`
+    (seq, 3) and `txt_ids` (text_len, 3), equal for every row of one call. Anything else that is
+    set (ControlNet residuals, attention kwargs, skipped layers) cannot be batched: it runs alone.
+    """
+
+    _ROW_KWARGS = frozenset({"guidance", "pooled_projections", "encoder_hidden_states"})
+    _CALL_KWARGS = frozenset({"img_ids", "txt_ids"})
+
+    def forward(self, hidden_states: torch.Tensor, timestep: Any = None, return_dict: bool = True,
+                **kwargs: Any) -> Any:
+        given = {k: v for k, v in kwargs.items() if v is not None and v is not False and not _empty_dict(v)}
+        if set(given) - self._ROW_KWARGS - self._CALL_KWARGS or timestep is None:
+            return self.inner(hidden_states, timestep=timestep, return_dict=return_dict, **kwargs)
+        rows = hidden_states.shape[0]
+        row = {k: _per_row(v, rows) if k == "guidance" else v for k, v in given.items() if k in self._ROW_KWARGS}
+        per_call = {k: v[0] if v.ndim == 3 else v for k, v in given.items() if k in self._CALL_KWARGS}
+        request = StepRequest(hidden_states, _per_row(timestep, rows, hidden_states.device), row, per_call,
+                              names=("hidden_states", "timestep"))
+        output = self.session.request(request)
+        return ModelOutput(output) if return_dict else (output,)
+
+
+def _empty_dict(value: Any) -> bool:
+    return isinstance(value, dict) and not value
+
+
+def _per_row(value: Any, rows: int, device: Any = None) -> torch.Tensor:
+    """A scalar or (rows,) tensor as (rows,)."""
+    tensor = torch.as_tensor(value, device=device).flatten()
+    return tensor.expand(rows) if tensor.numel() == 1 else tensor

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from worker.batching import BatchedDecoder, BatchedModule, Session, StepBatcher
+from worker.batching import BatchedDecoder, BatchedModule, BatchedTransformer, Session, StepBatcher
 from worker.schedulers import build_scheduler
 
 # Called after every denoising step with (step, total); may raise to stop the job.
@@ -27,7 +27,30 @@ TASK_PIPELINES: dict[tuple[str, str], str] = {
     ("sd", "image-to-image"): "StableDiffusionImg2ImgPipeline",
     ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sdxl", "text-to-image"): "StableDiffusionXLPipeline",
+    ("flux", "text-to-image"): "FluxPipeline",
+    ("flux", "image-to-image"): "FluxImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxInpaintPipeline",
+    ("sd3", "text-to-image"): "StableDiffusion3Pipeline",
+    ("sd3", "image-to-image"): "StableDiffusion3Img2ImgPipeline",
 }
+
+# The denoiser's component name → the stand-in that sends its calls through the step batcher.
+# A pipeline has one of these (UNet families: `unet`; FLUX and SD3: `transformer`).
+DENOISERS: dict[str, type] = {"unet": BatchedModule, "transformer": BatchedTransformer}
+
+# Family-only params → the pipeline argument each becomes (FLUX: true CFG, T5 length; SD3: length).
+FAMILY_KWARGS: dict[str, dict[str, str]] = {
+    "flux": {"true_cfg_scale": "true_cfg_scale", "max_sequence_length": "max_sequence_length"},
+    "sd3": {"max_sequence_length": "max_sequence_length"},
+}
+
+
+def denoiser_name(pipeline: Any) -> str:
+    """The component name of the pipeline's denoiser."""
+    for name in DENOISERS:
+        if getattr(pipeline, name, None) is not None:
+            return name
+    raise ValueError(f"{type(pipeline).__name__} has no denoiser (looked for {', '.join(DENOISERS)})")
 
 
 @dataclass
@@ -39,13 +62,22 @@ class LoadedModel:
     pipeline: Any
     batcher: StepBatcher
     decoder: StepBatcher | None = None
+    denoiser: str = "unet"
 
     @property
     def components(self) -> dict[str, Any]:
-        return self.pipeline.components
+        return self.pipeline.components if self.pipeline is not None else {}
+
+    def close(self) -> None:
+        """Stop the batcher threads and drop the pipeline (the cache calls this once the model is
+        evicted and no job uses it), so its memory can be freed."""
+        self.batcher.close()
+        if self.decoder is not None:
+            self.decoder.close()
+        self.pipeline = None
 
 
-def load_model(name: str, pipeline: Any, max_rows: int) -> LoadedModel:
+def load_model(name: str, pipeline: Any, max_rows: int, max_call_cost: int | None = None) -> LoadedModel:
     decoder = None
     vae = getattr(pipeline, "vae", None)
     # An fp16 SDXL VAE upcasts itself around each decode (under the pipeline's own lock): it
@@ -53,13 +85,16 @@ def load_model(name: str, pipeline: Any, max_rows: int) -> LoadedModel:
     upcasts = hasattr(pipeline, "_vae_upcast_lock") and vae is not None and vae.dtype == torch.float16
     if vae is not None and not upcasts:
         decoder = StepBatcher(vae, max_rows=max_rows, name=f"{name}-vae", method="decode", min_window_s=0.005)
-    return LoadedModel(name, pipeline, StepBatcher(pipeline.unet, max_rows=max_rows, name=name), decoder)
+    denoiser = denoiser_name(pipeline)
+    batcher = StepBatcher(getattr(pipeline, denoiser), max_rows=max_rows, name=name, max_call_cost=max_call_cost)
+    return LoadedModel(name, pipeline, batcher, decoder, denoiser)
 
 
-def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler_name: str,
+def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler: str | Any,
                       session: Session | None = None, decode_session: Session | None = None) -> Any:
     """A pipeline of the class serving `task`, sharing `loaded`'s components; with sessions, its
-    denoiser calls (and VAE decodes) go through the model's batchers."""
+    denoiser calls (and VAE decodes) go through the model's batchers. `scheduler` is a short name
+    (`shared.schedulers`) or a scheduler of the job's own."""
     import worker.pipelines
 
     try:
@@ -67,9 +102,10 @@ def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler_nam
     except KeyError:
         raise ValueError(f"no pipeline serves {task!r} for {family!r} models") from None
     components = dict(loaded.components)
-    components["scheduler"] = build_scheduler(scheduler_name, loaded.pipeline.scheduler)
+    components["scheduler"] = (build_scheduler(scheduler, loaded.pipeline.scheduler) if isinstance(scheduler, str)
+                               else scheduler)
     if session is not None:
-        components["unet"] = BatchedModule(loaded.pipeline.unet, session)
+        components[loaded.denoiser] = DENOISERS[loaded.denoiser](loaded.components[loaded.denoiser], session)
     if decode_session is not None:
         components["vae"] = BatchedDecoder(loaded.pipeline.vae, decode_session)
     return cls(**components)
@@ -88,8 +124,9 @@ def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
     return max(total, 1)
 
 
-def call_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline call's arguments for a job's parameters (the generator is added later)."""
+def call_kwargs(params: dict[str, Any], family: str = "sd") -> dict[str, Any]:
+    """The pipeline call's arguments for a job's parameters (the generator is added later).
+    Image tasks take their size from the input image, which `fit_inputs` resized to the job's."""
     kwargs: dict[str, Any] = {"num_inference_steps": params["steps"], "output_type": "pil"}
     if params["task"] == "unconditional":
         kwargs["batch_size"] = params["num_images"]
@@ -100,11 +137,23 @@ def call_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         num_images_per_prompt=params["num_images"],
         guidance_scale=params["guidance_scale"],
     )
+    for param, argument in FAMILY_KWARGS.get(family, {}).items():
+        if params.get(param) is not None:
+            kwargs[argument] = params[param]
     if params["task"] == "text-to-image":
         kwargs.update(width=params["width"], height=params["height"])
     else:
         kwargs["strength"] = params["strength"]
     return kwargs
+
+
+def fit_inputs(inputs: dict[str, Image.Image], params: dict[str, Any]) -> dict[str, Image.Image]:
+    """Input images at the job's size (the API stores them so; older records may differ)."""
+    size = (params.get("width"), params.get("height"))
+    if None in size:
+        return dict(inputs)
+    return {name: image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+            for name, image in inputs.items()}
 
 
 def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step: StepHook,
@@ -128,7 +177,7 @@ def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step
                 on_preview(step, tensors["latents"])
             return tensors
 
-        kwargs = call_kwargs(params) | (inputs or {})
+        kwargs = call_kwargs(params, family) | fit_inputs(inputs or {}, params)
         generator = torch.Generator("cpu").manual_seed(params["seed"])
         with torch.inference_mode():
             return list(pipe(**kwargs, generator=generator, callback_on_step_end=callback).images)

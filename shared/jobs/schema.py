@@ -48,8 +48,8 @@ class JobRequest(FlowFields):
     task: Task | None = None
     prompt: str | None = Field(default=None, min_length=1, max_length=2000)
     negative_prompt: str | None = Field(default=None, max_length=2000)
-    width: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="multiple of 8")
-    height: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="multiple of 8")
+    width: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="multiple of 8 (16 for FLUX and SD3)")
+    height: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="multiple of 8 (16 for FLUX and SD3)")
     steps: int | None = Field(default=None, ge=1, le=1000)
     guidance_scale: float | None = Field(default=None, ge=0, le=30)
     scheduler: str | None = Field(default=None, description="a name from GET /v1/schedulers")
@@ -168,7 +168,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
     }
     if task not in IMAGE_TASKS or (req.width is not None and req.height is not None):
         params["width"], params["height"] = _resolve_size(req, spec.default_width, spec.default_height,
-                                                          spec.fixed_size, settings)
+                                                          spec.fixed_size, settings, spec.size_multiple)
         check_job_size(spec, params, settings)
     return params
 
@@ -227,7 +227,7 @@ def check_job_size(spec: ModelSpec, params: dict[str, Any], settings: Settings) 
 def size_from_input(spec: ModelSpec, params: dict[str, Any], image_size: tuple[int, int],
                     settings: Settings) -> dict[str, Any]:
     """An image job's size: what it asked for, else the input image's (a side that is missing
-    keeps the input's aspect), rounded down to a multiple of 8; then checked like any job."""
+    keeps the input's aspect), rounded down to the model's size multiple; then checked like any job."""
     in_w, in_h = image_size
     width, height = params["width"], params["height"]
     if width is None and height is None:
@@ -236,7 +236,8 @@ def size_from_input(spec: ModelSpec, params: dict[str, Any], image_size: tuple[i
         width = round(in_w * height / in_h)
     elif height is None:
         height = round(in_h * width / in_w)
-    sized = {**params, "width": max(8, width - width % 8), "height": max(8, height - height % 8)}
+    step = spec.size_multiple
+    sized = {**params, "width": max(step, width - width % step), "height": max(step, height - height % step)}
     check_job_size(spec, sized, settings)
     return sized
 
@@ -281,13 +282,13 @@ def _check_inputs(req: JobRequest, task: str, uploads: frozenset[str] = frozense
 
 
 def _resolve_size(
-    req: JobRequest, default_w: int, default_h: int, fixed: bool, settings: Settings
+    req: JobRequest, default_w: int, default_h: int, fixed: bool, settings: Settings, multiple: int = 8
 ) -> tuple[int, int]:
     width = req.width if req.width is not None else default_w
     height = req.height if req.height is not None else default_h
     for name, value, default in (("width", width, default_w), ("height", height, default_h)):
-        if value % 8:
-            raise ValidationFailed(f"{name} must be a multiple of 8 (got {value})", field=name)
+        if value % multiple:
+            raise ValidationFailed(f"{name} must be a multiple of {multiple} (got {value})", field=name)
         if fixed and value != default:
             raise ValidationFailed(f"{name} must be {default} for this model (it makes one size only)", field=name)
     if width * height > settings.max_pixels:
