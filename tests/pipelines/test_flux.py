@@ -158,3 +158,70 @@ def test_diffusers_loads_what_kiln_saved(flux, tmp_path):
     assert max_diff(again(generator=seeded(4), **args).images, ref(generator=seeded(4), **args).images) < MAX_PIXEL_DIFF
     reloaded = kiln_from_pretrained(tmp_path, ref)
     assert type(reloaded) is FluxPipeline and type(reloaded.tokenizer_2).__name__.startswith("T5Tokenizer")
+
+
+# ---------------------------------------------------------------------------------- image-to-image, inpaint
+@pytest.fixture(scope="module")
+def flux_image_pipes(flux):
+    """(diffusers img2img, Kiln img2img, diffusers inpaint, Kiln inpaint) sharing the loaded components."""
+    import diffusers
+
+    from worker.pipelines import FluxImg2ImgPipeline, FluxInpaintPipeline
+
+    ref, pipe, _ = flux
+    return (diffusers.FluxImg2ImgPipeline(**ref.components), FluxImg2ImgPipeline(**pipe.components),
+            diffusers.FluxInpaintPipeline(**ref.components), FluxInpaintPipeline(**pipe.components))
+
+
+IMAGE_CASES = {
+    "strength-0.6": dict(prompt="a red cat", strength=0.6, num_inference_steps=4),
+    "true-cfg-batch": dict(prompt=["a cat", "a dog"], negative_prompt=["ugly", "blurry"], true_cfg_scale=2.0,
+                           num_images_per_prompt=2, strength=0.7, num_inference_steps=3),
+    "full-strength-non-square": dict(prompt="a cat", strength=1.0, height=32, width=48),
+}
+
+
+@pytest.mark.parametrize("kwargs", IMAGE_CASES.values(), ids=IMAGE_CASES.keys())
+def test_flux_img2img_matches_diffusers(flux_image_pipes, rgb_image, kwargs):
+    ref, pipe, _, _ = flux_image_pipes
+    args = {**ARGS, "image": rgb_image, **kwargs}
+    expected = ref(generator=seeded(6), **args).images
+    got = pipe(generator=seeded(6), **args).images
+    assert got.shape == expected.shape
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF
+
+
+@pytest.mark.parametrize("kwargs", IMAGE_CASES.values(), ids=IMAGE_CASES.keys())
+def test_flux_inpaint_matches_diffusers(flux_image_pipes, rgb_image, mask_image, kwargs):
+    _, _, ref, pipe = flux_image_pipes
+    args = {**ARGS, "image": rgb_image, "mask_image": mask_image, **kwargs}
+    expected = ref(generator=seeded(8), **args).images
+    got = pipe(generator=seeded(8), **args).images
+    assert got.shape == expected.shape
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF
+
+
+def test_flux_inpaint_keeps_the_unmasked_half(flux_image_pipes, rgb_image, mask_image):
+    from worker.pipelines.flow import unpack_latents
+
+    _, _, _, pipe = flux_image_pipes
+    args = {**ARGS, "prompt": "a cat", "image": rgb_image, "strength": 0.5, "num_inference_steps": 4,
+            "output_type": "latent"}
+    painted = unpack_latents(pipe(mask_image=mask_image, generator=seeded(1), **args).images, 16, 16)
+    kept_all = unpack_latents(pipe(mask_image=np.zeros((32, 32), np.float32), generator=seeded(1), **args).images,
+                              16, 16)
+    # mask columns 16+ of 32 pixels = latent columns 8+: the left half is the image's own latents
+    assert torch.equal(painted[..., :8], kept_all[..., :8])
+    assert (painted[..., 8:] - kept_all[..., 8:]).abs().max() > 1e-2
+
+
+def test_flux_image_pipelines_check_input(flux_image_pipes, rgb_image):
+    _, img2img, _, inpaint = flux_image_pipes
+    with pytest.raises(ValueError, match="needs an `image`"):
+        img2img(prompt="a cat", **ARGS)
+    with pytest.raises(ValueError, match="mask_image"):
+        inpaint(prompt="a cat", image=rgb_image, **ARGS)
+    with pytest.raises(ValueError, match="strength"):
+        img2img(prompt="a cat", image=rgb_image, strength=1.5, **ARGS)
+    with pytest.raises(ValueError, match="leaves no step"):
+        img2img(prompt="a cat", image=rgb_image, strength=0.0, **ARGS)

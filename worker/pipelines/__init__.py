@@ -3,6 +3,7 @@
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.ddpm import DDPMPipeline
 from worker.pipelines.flux import FluxPipeline
+from worker.pipelines.flux_img2img import FluxImg2ImgPipeline, FluxInpaintPipeline
 from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
 from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
 from worker.pipelines.output import ImagePipelineOutput
@@ -14,6 +15,8 @@ __all__ = [
     "Conditioning",
     "DDPMPipeline",
     "DiffusionPipeline",
+    "FluxImg2ImgPipeline",
+    "FluxInpaintPipeline",
     "FluxPipeline",
     "ImagePipelineOutput",
     "Sampling",

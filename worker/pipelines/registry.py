@@ -16,6 +16,7 @@ def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
     """Diffusers pipeline class name -> Kiln class (imported on first use to avoid cycles)."""
     from worker.pipelines.ddpm import DDPMPipeline
     from worker.pipelines.flux import FluxPipeline
+    from worker.pipelines.flux_img2img import FluxImg2ImgPipeline, FluxInpaintPipeline
     from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
     from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
     from worker.pipelines.sdxl import StableDiffusionXLPipeline
@@ -28,6 +29,8 @@ def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
         StableDiffusionInpaintPipeline,
         StableDiffusionXLPipeline,
         FluxPipeline,
+        FluxImg2ImgPipeline,
+        FluxInpaintPipeline,
     )
     return {cls.__name__: cls for cls in classes}
 
