@@ -65,6 +65,7 @@ def submit(services: Services, who: Principal, idempotency_key: str | None) -> t
     limits = Limits(settings.input_max_bytes, settings.input_max_pixels)
     sub = read_submission(limits)
     params = resolve_request(sub.request, services.catalog, settings, frozenset(sub.uploads))
+    params = _size_from_given_image(services, sub, params, limits)
     job_id = new_job_id()
     if idempotency_key is not None:
         claim = services.idempotency.claim(who.key_id, idempotency_key, sub.digest, job_id)
@@ -130,6 +131,21 @@ def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limi
         services.storage.put(key, png, "image/png")
         keys[INPUT_KEYS[field]] = key
     return keys
+
+
+def _size_from_given_image(services: Services, sub: Submission, params: dict, limits: Limits) -> dict:
+    """An image job without a size, its image in the request: sized (and checked against the model's
+    limits) before quotas are charged. An image given by URL is sized once fetched."""
+    if params.get("width") is not None and params.get("height") is not None:
+        return params
+    if "image" in sub.uploads:
+        data = sub.uploads["image"]
+    elif sub.request.image is not None:
+        data = decode_base64(sub.request.image, "image", limits)
+    else:
+        return params
+    spec = services.catalog.get(params["model"])
+    return size_from_input(spec, params, image_size(data, "image", limits), services.settings)
 
 
 def _input_bytes(settings, sub: Submission, limits: Limits) -> dict[str, bytes]:

@@ -43,9 +43,11 @@ FLOW_FAMILIES = frozenset({"flux", "sd3"})
 
 # Defaults a model entry gets from its family when it does not set them.
 FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
-    "flux": {"default_guidance_scale": 3.5, "default_steps": 28, "default_max_sequence_length": 512,
+    "flux": {"default_scheduler": "flow_euler", "default_guidance_scale": 3.5, "default_steps": 28,
+             "default_max_sequence_length": 512,
              "default_width": 1024, "default_height": 1024},
-    "sd3": {"default_guidance_scale": 7.0, "default_steps": 28, "default_max_sequence_length": 256,
+    "sd3": {"default_scheduler": "flow_euler", "default_guidance_scale": 7.0, "default_steps": 28,
+            "default_max_sequence_length": 256,
             "default_width": 1024, "default_height": 1024},
 }
 
@@ -61,19 +63,15 @@ BUNDLED_MODEL = "kiln-ddpm-tiny"
 
 
 def flow_schedulers() -> frozenset[str]:
-    """Short scheduler names that suit flow-matching models (torch-free)."""
-    return frozenset(name for name, choice in SCHEDULERS.items() if choice.class_name.startswith("FlowMatch"))
+    """Short scheduler names that suit flow-matching models (`kind` "flow" in `shared.schedulers`)."""
+    return frozenset(name for name, choice in SCHEDULERS.items() if getattr(choice, "kind", "") == "flow")
 
 
 def _family_defaults(data: object) -> object:
     """Fill what the model entry leaves out from its family's defaults (before validation)."""
     if not isinstance(data, dict):
         return data
-    family = data.get("family")
-    filled = {**FAMILY_DEFAULTS.get(family, {}), **data}
-    if family in FLOW_FAMILIES and "default_scheduler" not in data and flow_schedulers():
-        filled["default_scheduler"] = sorted(flow_schedulers())[0]
-    return filled
+    return {**FAMILY_DEFAULTS.get(data.get("family"), {}), **data}
 
 
 class ModelSpec(BaseModel):
