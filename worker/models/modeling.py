@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import torch
 
 from worker.configuration import ConfigMixin
 from worker.models.hub import resolve_model_folder
-from worker.models.weights import check_state_dict, find_weight_files, read_state_dict, save_state_dict
+from worker.models.weights import (check_state_dict, find_weight_files, parse_shard_size, read_state_dict,
+                                   save_state_dict)
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,15 @@ LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj
 
 
 class ModelMixin(torch.nn.Module, ConfigMixin):
-    """Base of every Kiln model: config, Diffusers-layout loading and saving, dtype/device."""
+    """Base of every Kiln model: config, Diffusers-layout loading and saving, dtype/device,
+    gradient checkpointing and the attention-processor switches of Diffusers' `ModelMixin`."""
 
     config_name = "config.json"
+    main_input_name = "sample"
+    _supports_gradient_checkpointing = True
+    # Submodule names (any dotted component of a parameter's name) that stay float32 on load.
+    _keep_in_fp32_modules: list[str] | None = None
+    _no_split_modules: list[str] | None = None
 
     @classmethod
     def from_pretrained(
@@ -39,25 +46,62 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         torch_dtype: torch.dtype | None = None,
         variant: str | None = None,
         revision: str | None = None,
-    ) -> M:
+        *,
+        use_safetensors: bool | None = None,
+        output_loading_info: bool = False,
+        low_cpu_mem_usage: bool = True,
+        device_map: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> M | tuple[M, dict[str, list]]:
         """Build the model from `config.json` and load its weights (eval mode).
 
         Args:
             path_or_repo: a local model folder, or a Hub repo id (fetched through the cache).
             subfolder: the component folder inside it (`"unet"`, `"vae"`).
             torch_dtype: dtype of floating weights; None loads float32 (fp16 files are upcast).
+                Modules named in `_keep_in_fp32_modules` stay float32.
             variant: weights variant such as `"fp16"`; a folder without it falls back to plain weights.
             revision: Hub revision (branch, tag or commit) for a repo id.
+            use_safetensors: True accepts only safetensors, False prefers `.bin`, None prefers
+                safetensors.
+            output_loading_info: also return `{"missing_keys", "unexpected_keys",
+                "mismatched_keys", "error_msgs"}` (always empty: a checkpoint that does not fit
+                raises instead).
+            low_cpu_mem_usage: accepted for compatibility; Kiln always loads in place.
+            device_map: a single device (`"cpu"`, `"cuda"`, `"cuda:1"`) to put the model on.
+            **kwargs: config keys that override `config.json` (`in_channels=9`), and Hub
+                options Kiln handles through huggingface_hub's settings (`cache_dir`, `token`, ...).
+
+        Raises:
+            OSError: no config or no weights (`WeightsNotFoundError`).
+            ModelLoadError: the weights do not fit the model.
         """
+        overrides = _config_overrides(cls, kwargs)
         folder = resolve_model_folder(path_or_repo, subfolder=subfolder, revision=revision)
-        config = cls.load_config(folder)
+        config = {**cls.load_config(folder), **overrides}
         with torch.device("meta"):
             model = cls.from_config(config)
-        files = find_weight_files(folder, variant)
-        state_dict = read_state_dict(files, dtype=torch_dtype or torch.float32)
+        files = find_weight_files(folder, variant, use_safetensors)
+        dtype = torch_dtype or torch.float32
+        raw = read_state_dict(files, dtype=None if model._keep_in_fp32_modules else dtype)
+        state_dict = model._cast_for_load(raw, dtype)
         model.load_weights(state_dict, source=", ".join(str(p) for p in files.paths))
         logger.info("loaded %s from %s (%d tensors)", cls.__name__, folder, len(state_dict))
-        return model.eval()
+        if device_map is not None:
+            model.to(_single_device(device_map))
+        model.eval()
+        if output_loading_info:
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
+
+    def _cast_for_load(self, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Cast floating tensors to `dtype` one at a time (float32 for `_keep_in_fp32_modules`)."""
+        keep = set(self._keep_in_fp32_modules or ())
+        for key, tensor in state_dict.items():
+            if tensor.is_floating_point():
+                target = torch.float32 if keep & set(key.split(".")) else dtype
+                state_dict[key] = tensor.to(target)
+        return state_dict
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], source: str = "a state dict") -> None:
         """Convert legacy names, check keys and shapes, then assign the tensors into the module.
@@ -83,14 +127,38 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         return state_dict
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike[str], variant: str | None = None,
+        self,
+        save_directory: str | os.PathLike[str],
+        is_main_process: bool = True,
+        save_function: Any = None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = "10GB",
+        push_to_hub: bool = False,
         max_shard_bytes: int | None = None,
+        **kwargs: Any,
     ) -> Path:
-        """Write `config.json` and `diffusion_pytorch_model[.variant].safetensors` (Diffusers layout)."""
+        """Write `config.json` and `diffusion_pytorch_model[.variant].safetensors` (Diffusers layout).
+
+        Args:
+            safe_serialization: False writes `.bin` torch pickles instead of safetensors.
+            max_shard_size: bytes or a size string ("10GB", "200KB"); larger state dicts are
+                split into shards with an index file, named as Diffusers names them.
+            is_main_process: False writes nothing (the other ranks of a distributed job).
+            save_function, push_to_hub: not supported; Kiln never uploads (an error says so).
+        """
+        if push_to_hub or save_function is not None:
+            raise ValueError("Kiln's save_pretrained writes local folders only (no push_to_hub / save_function)")
         folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"save_directory {folder} is a file; give a folder")
+        if not is_main_process:
+            return folder
         folder.mkdir(parents=True, exist_ok=True)
         self.save_config(folder)
-        save_state_dict(self.state_dict(), folder, variant=variant, max_shard_bytes=max_shard_bytes)
+        limit = max_shard_bytes if max_shard_bytes is not None else parse_shard_size(max_shard_size)
+        fmt = "safetensors" if safe_serialization else "bin"
+        save_state_dict(self.state_dict(), folder, variant=variant, max_shard_bytes=limit, fmt=fmt)
         return folder
 
     @property
@@ -102,8 +170,106 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
     def device(self) -> torch.device:
         return next((p.device for p in self.parameters()), torch.device("cpu"))
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (only those with `requires_grad` when `only_trainable`)."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)} \
+            if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable) and id(p) not in skip)
+
+    # ------------------------------------------------------------------ training switches
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Any = None) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them.
+
+        Affects training only (with autograd on); `gradient_checkpointing_func` is accepted for
+        compatibility and must be None or `torch.utils.checkpoint.checkpoint`.
+        """
+        if not self._supports_gradient_checkpointing:
+            raise ValueError(f"{type(self).__name__} does not support gradient checkpointing")
+        self._set_gradient_checkpointing(True)
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._set_gradient_checkpointing(False)
+
+    def _set_gradient_checkpointing(self, enable: bool) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enable
+
+    # ------------------------------------------------------------------ attention processors
+    @property
+    def attn_processors(self) -> dict[str, Any]:
+        """`"<module path>.processor"` -> processor, for every attention layer."""
+        return {f"{name}.processor": m.processor for name, m in self.named_modules() if hasattr(m, "set_processor")}
+
+    def set_attn_processor(self, processor: Any) -> None:
+        """One processor for every attention layer, or a dict keyed like `attn_processors`.
+
+        Raises:
+            ValueError: a dict that does not name every attention layer.
+        """
+        layers = {f"{name}.processor": m for name, m in self.named_modules() if hasattr(m, "set_processor")}
+        if isinstance(processor, dict):
+            if set(processor) != set(layers):
+                raise ValueError(f"a dict of processors must name all {len(layers)} attention layers "
+                                 f"(keys as in attn_processors); got {len(processor)}")
+            for key, module in layers.items():
+                module.set_processor(processor[key])
+            return
+        for module in layers.values():
+            module.set_processor(processor)
+
+    def set_default_attn_processor(self) -> None:
+        """Back to the plain (non-fused, non-SDPA) processor, as Diffusers' method does."""
+        from worker.models.attention import AttnProcessor
+
+        self.set_attn_processor(AttnProcessor())
+
+    def fuse_qkv_projections(self) -> None:
+        """Compute q/k/v (self-attention) or k/v (cross-attention) with one matmul each layer.
+
+        Same outputs up to float rounding; `unfuse_qkv_projections` drops the fused weights.
+        """
+        for module in self.modules():
+            if hasattr(module, "fuse_projections"):
+                module.fuse_projections()
+
+    def unfuse_qkv_projections(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "unfuse_projections"):
+                module.unfuse_projections()
+
+
+# from_pretrained options that huggingface_hub's settings (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE) or
+# Kiln's in-place loading already cover; accepted so Diffusers code runs unchanged.
+HUB_OPTIONS = frozenset({
+    "cache_dir", "token", "use_auth_token", "local_files_only", "force_download", "proxies", "resume_download",
+    "ignore_mismatched_sizes", "max_memory", "offload_folder", "offload_state_dict", "from_flax", "mirror",
+    "disable_mmap", "keep_in_fp32_modules", "quantization_config", "dduf_entries", "low_cpu_mem_usage",
+})
+
+
+def _config_overrides(cls: type[ModelMixin], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Split `from_pretrained`'s extra keyword arguments: config overrides are returned."""
+    known = cls._init_parameters()
+    unknown = sorted(k for k in kwargs if k not in known and k not in HUB_OPTIONS)
+    if unknown:
+        raise TypeError(f"{cls.__name__}.from_pretrained got unknown arguments {unknown}; "
+                        f"config keys it takes: {sorted(known)}")
+    ignored = sorted(k for k in kwargs if k in HUB_OPTIONS and k not in known)
+    if ignored:
+        logger.debug("%s.from_pretrained ignores %s (hub settings / in-place loading)", cls.__name__, ignored)
+    return {k: v for k, v in kwargs.items() if k in known}
+
+
+def _single_device(device_map: str | torch.device) -> torch.device:
+    if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("auto", "balanced", "sequential"):
+        return torch.device(device_map)
+    raise ValueError(f"device_map {device_map!r} is not supported; give one device such as 'cpu' or 'cuda'")
 
 
 def _rename_attention_keys(state_dict: dict[str, torch.Tensor], prefix: str) -> None:

@@ -113,6 +113,15 @@ class UNet2DConditionModel(ModelMixin):
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
                                   padding=(conv_out_kernel - 1) // 2)
 
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al., 2023) on the first two up levels; see `unet_blocks.freeu`."""
+        for block in self.up_blocks:
+            block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
+
+    def disable_freeu(self) -> None:
+        for block in self.up_blocks:
+            block.s1 = block.s2 = block.b1 = block.b2 = None
+
     def _build_embeddings(self, config) -> int:
         """Time, class, added (SDXL) and text-projection embeddings; returns the time embedding width."""
         time_embed_dim, time_input_dim = _time_widths(config)
@@ -156,8 +165,7 @@ class UNet2DConditionModel(ModelMixin):
             added_cond_kwargs: SDXL's `text_embeds` (B, pooled dim) and `time_ids` (B, 6).
             encoder_attention_mask: (B, M), 1 keeps a text token, 0 masks it out.
         """
-        if attention_mask is not None or cross_attention_kwargs:
-            raise ValueError("attention_mask and cross_attention_kwargs are not supported by this UNet")
+        _check_attention_options(attention_mask, cross_attention_kwargs)
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
         emb = self._embed(sample, timestep, timestep_cond, class_labels, added_cond_kwargs or {})
@@ -227,6 +235,15 @@ class UNet2DConditionModel(ModelMixin):
             target = tuple(skips[-1].shape[2:]) if odd and i < len(self.up_blocks) - 1 else None
             h = block(h, level_skips, emb, context, mask, upsample_size=target)
         return h
+
+
+def _check_attention_options(attention_mask: torch.Tensor | None, cross_attention_kwargs: dict | None) -> None:
+    """`cross_attention_kwargs={"scale": s}` (a LoRA scale) is accepted: without adapters on the
+    model it changes nothing, as in the reference; other keys and a self-attention mask are not built."""
+    unknown = sorted(set(cross_attention_kwargs or {}) - {"scale"})
+    if attention_mask is not None or unknown:
+        raise ValueError(f"attention_mask and cross_attention_kwargs {unknown} are not supported by this UNet; "
+                         "only cross_attention_kwargs={'scale': ...} is")
 
 
 def _mid_block(spec: BlockSpec, config, overrides: dict[str, Any]) -> nn.Module | None:

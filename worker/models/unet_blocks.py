@@ -12,11 +12,11 @@ Attention kinds:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from worker.models.attention import SpatialSelfAttention
@@ -100,11 +100,29 @@ def _layers(spec: BlockSpec, kind: str | None, widths: Sequence[tuple[int, int]]
     return nn.ModuleList(resnets), (nn.ModuleList(attentions) if attend else None)
 
 
-class DownBlock(nn.Module):
+class Level(nn.Module):
+    """What every level shares: `gradient_checkpointing`, which recomputes each layer's
+    activations in the backward pass (training only; set through the model's
+    `enable_gradient_checkpointing`)."""
+
+    attention: str | None = None  # the attention kind of the named subclasses below
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gradient_checkpointing = False
+
+    def run(self, layer: nn.Module, *args: Any) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+
+class DownBlock(Level):
     """(B, in, H, W) -> (B, out, H/2, W/2) and the skip tensors the up path will consume."""
 
     def __init__(self, spec: BlockSpec, attention: str | None = None):
         super().__init__()
+        attention = attention or self.attention
         out = spec.out_channels
         widths = [(spec.in_channels if i == 0 else out, out) for i in range(spec.num_layers)]
         self.resnets, self.attentions = _layers(spec, attention, widths)
@@ -116,9 +134,9 @@ class DownBlock(nn.Module):
                 context_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips = []
         for i, resnet in enumerate(self.resnets):
-            h = resnet(h, temb)
+            h = self.run(resnet, h, temb)
             if self.attentions is not None:
-                h = self.attentions[i](h, context, context_mask)
+                h = self.run(self.attentions[i], h, context, context_mask)
             skips.append(h)
         if self.downsamplers is not None:
             h = self.downsamplers[0](h)
@@ -126,34 +144,39 @@ class DownBlock(nn.Module):
         return h, tuple(skips)
 
 
-class MidBlock(nn.Module):
+class MidBlock(Level):
     """resnet, then `num_layers` x (attention, resnet), at constant channels and size."""
 
     def __init__(self, spec: BlockSpec, attention: str | None = None):
         super().__init__()
+        attention = attention or self.attention
         channels = spec.in_channels
         widths = [(channels, channels)] * (spec.num_layers + 1)
         self.resnets, self.attentions = _layers(spec, attention, widths, attention_first=True)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.resnets[0](h, temb)
+        h = self.run(self.resnets[0], h, temb)
         for i, resnet in enumerate(self.resnets[1:]):
             if self.attentions is not None:
-                h = self.attentions[i](h, context, context_mask)
-            h = resnet(h, temb)
+                h = self.run(self.attentions[i], h, context, context_mask)
+            h = self.run(resnet, h, temb)
         return h
 
 
-class UpBlock(nn.Module):
+class UpBlock(Level):
     """(B, prev, H, W) + skips -> (B, out, 2H, 2W).
 
     With `skips`, each resnet takes the running features concatenated (after them, on channels)
     with the latest unused skip tensor of the down path; decoder levels (`skips=False`) take none.
     """
 
-    def __init__(self, spec: BlockSpec, attention: str | None = None, skips: bool = True):
+    takes_skips = True
+
+    def __init__(self, spec: BlockSpec, attention: str | None = None, skips: bool | None = None):
         super().__init__()
+        attention = attention or self.attention
+        skips = self.takes_skips if skips is None else skips
         out, n = spec.out_channels, spec.num_layers
         prev = spec.prev_output_channels if spec.prev_output_channels is not None else spec.in_channels
         if skips:
@@ -161,6 +184,8 @@ class UpBlock(nn.Module):
         else:
             widths = [spec.in_channels if i == 0 else out for i in range(n)]
         self.takes_skips = skips
+        self.resolution_idx = 0  # position among the up levels (set by `up_levels`); FreeU uses it
+        self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU factors (`UNet2DConditionModel.enable_freeu`)
         self.resnets, self.attentions = _layers(spec, attention, [(width, out) for width in widths])
         self.upsamplers = nn.ModuleList([Upsample2D(out, out)]) if spec.add_sample else None
 
@@ -170,34 +195,67 @@ class UpBlock(nn.Module):
         skips = list(skips)
         for i, resnet in enumerate(self.resnets):
             if self.takes_skips:
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = resnet(h, temb)
+                h, skip = self._freeu(h, skips.pop())
+                h = torch.cat([h, skip], dim=1)
+            h = self.run(resnet, h, temb)
             if self.attentions is not None:
-                h = self.attentions[i](h, context, context_mask)
+                h = self.run(self.attentions[i], h, context, context_mask)
         if self.upsamplers is not None:
             h = self.upsamplers[0](h, upsample_size)
         return h
 
+    def _freeu(self, h: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FreeU on the first two up levels: scale half the backbone channels by b, damp the
+        skip's lowest frequencies by s; unchanged when FreeU is off."""
+        factors = {0: (self.b1, self.s1), 1: (self.b2, self.s2)}.get(self.resolution_idx)
+        if factors is None or None in (self.s1, self.s2, self.b1, self.b2):
+            return h, skip
+        return freeu(h, skip, *factors)
+
+
+def freeu(h: torch.Tensor, skip: torch.Tensor, b: float, s: float, threshold: int = 1) -> tuple[torch.Tensor, ...]:
+    """FreeU (Si et al., 2023, "FreeU: Free Lunch in Diffusion U-Net").
+
+    Backbone h (B, C, H, W): its first C/2 channels times b. Skip (B, C', H, W): its centred 2-D
+    spectrum's (2·threshold)² lowest frequencies times s, back to the spatial domain (real part).
+    """
+    half = h.shape[1] // 2
+    h = torch.cat([h[:, :half] * b, h[:, half:]], dim=1)
+    spectrum = torch.fft.fftshift(torch.fft.fftn(skip.float(), dim=(-2, -1)), dim=(-2, -1))
+    rows, cols = skip.shape[-2] // 2, skip.shape[-1] // 2
+    mask = torch.ones(skip.shape, device=skip.device)
+    mask[..., rows - threshold: rows + threshold, cols - threshold: cols + threshold] = s
+    filtered = torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    return h, filtered.to(skip.dtype)
+
+
+# One class per Diffusers block name (so module class names read as in Diffusers); each only
+# fixes the attention kind and whether the level takes skips.
+def _named(base: type[Level], name: str, attention: str | None = None, **attrs: Any) -> type[Level]:
+    cls = type(name, (base,), {"attention": attention, "__module__": __name__, "__qualname__": name, **attrs})
+    globals()[name] = cls  # importable by name, so pickled models load back
+    return cls
+
 
 DOWN_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
-    "DownBlock2D": DownBlock,
-    "AttnDownBlock2D": functools.partial(DownBlock, attention="self"),
-    "CrossAttnDownBlock2D": functools.partial(DownBlock, attention="cross"),
-    "DownEncoderBlock2D": DownBlock,
-    "AttnDownEncoderBlock2D": functools.partial(DownBlock, attention="self"),
+    "DownBlock2D": _named(DownBlock, "DownBlock2D"),
+    "AttnDownBlock2D": _named(DownBlock, "AttnDownBlock2D", "self"),
+    "CrossAttnDownBlock2D": _named(DownBlock, "CrossAttnDownBlock2D", "cross"),
+    "DownEncoderBlock2D": _named(DownBlock, "DownEncoderBlock2D"),
+    "AttnDownEncoderBlock2D": _named(DownBlock, "AttnDownEncoderBlock2D", "self"),
 }
 
 MID_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
-    "UNetMidBlock2D": functools.partial(MidBlock, attention="self"),
-    "UNetMidBlock2DCrossAttn": functools.partial(MidBlock, attention="cross"),
+    "UNetMidBlock2D": _named(MidBlock, "UNetMidBlock2D", "self"),
+    "UNetMidBlock2DCrossAttn": _named(MidBlock, "UNetMidBlock2DCrossAttn", "cross"),
 }
 
 UP_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
-    "UpBlock2D": UpBlock,
-    "AttnUpBlock2D": functools.partial(UpBlock, attention="self"),
-    "CrossAttnUpBlock2D": functools.partial(UpBlock, attention="cross"),
-    "UpDecoderBlock2D": functools.partial(UpBlock, skips=False),
-    "AttnUpDecoderBlock2D": functools.partial(UpBlock, attention="self", skips=False),
+    "UpBlock2D": _named(UpBlock, "UpBlock2D"),
+    "AttnUpBlock2D": _named(UpBlock, "AttnUpBlock2D", "self"),
+    "CrossAttnUpBlock2D": _named(UpBlock, "CrossAttnUpBlock2D", "cross"),
+    "UpDecoderBlock2D": _named(UpBlock, "UpDecoderBlock2D", takes_skips=False),
+    "AttnUpDecoderBlock2D": _named(UpBlock, "AttnUpDecoderBlock2D", "self", takes_skips=False),
 }
 
 
@@ -239,6 +297,7 @@ def up_levels(spec: BlockSpec, names: Sequence[str], channels: Sequence[int],
                       prev_output_channels=rev[max(i - 1, 0)], add_sample=i < len(rev) - 1)
         level = replace(spec, **{**fields, **(per_level[i] if per_level is not None else {})})
         blocks.append(build_block(UP_BLOCKS, "up", name, level))
+        blocks[-1].resolution_idx = i
     return blocks
 
 

@@ -27,6 +27,10 @@ from worker.models.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
+
+class WeightsNotFoundError(ModelLoadError, OSError):
+    """A model folder has no weight file of the requested kind (an `OSError`, as in Diffusers)."""
+
 WEIGHTS_STEM = "diffusion_pytorch_model"
 FORMATS = ("safetensors", "bin")  # in order of preference
 _LISTED_KEYS = 8  # how many offending keys an error message names
@@ -48,33 +52,40 @@ def weight_file_names(fmt: str, variant: str | None, stem: str = WEIGHTS_STEM) -
     return f"{stem}.{fmt}", f"{stem}.{fmt}.index.json"
 
 
-def shard_file_name(index: int, total: int, variant: str | None, stem: str = WEIGHTS_STEM) -> str:
+def shard_file_name(index: int, total: int, variant: str | None, stem: str = WEIGHTS_STEM,
+                    fmt: str = "safetensors") -> str:
     """Name of shard `index` (1-based) of `total`, as Diffusers writes it."""
     middle = f".{variant}" if variant else ""
-    return f"{stem}{middle}-{index:05d}-of-{total:05d}.safetensors"
+    return f"{stem}{middle}-{index:05d}-of-{total:05d}.{fmt}"
 
 
-def find_weight_files(folder: Path, variant: str | None = None) -> WeightFiles:
+def find_weight_files(folder: Path, variant: str | None = None,
+                      use_safetensors: bool | None = None) -> WeightFiles:
     """Pick the weight files of `folder`, preferring `variant` and safetensors.
 
+    Args:
+        use_safetensors: None prefers safetensors and falls back to pickles; True accepts only
+            safetensors; False prefers pickles (and still takes safetensors when there are none).
+
     Raises:
-        ModelLoadError: the folder holds no weights in any known shape.
+        WeightsNotFoundError: the folder holds no weights in an accepted shape.
     """
+    formats = {None: FORMATS, True: ("safetensors",), False: ("bin", "safetensors")}[use_safetensors]
     if variant:
-        found = _find_in(folder, variant)
+        found = _find_in(folder, variant, formats)
         if found is not None:
             return found
         logger.warning("%s has no %r variant weights; loading its plain weights", folder, variant)
-    found = _find_in(folder, None)
+    found = _find_in(folder, None, formats)
     if found is None:
-        expected = [name for fmt in FORMATS for name in weight_file_names(fmt, variant)]
+        expected = [name for fmt in formats for name in weight_file_names(fmt, variant)]
         present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise ModelLoadError(f"no weights in {folder}: expected one of {expected}; found {present}")
+        raise WeightsNotFoundError(f"no weights in {folder}: expected one of {expected}; found {present}")
     return found
 
 
-def _find_in(folder: Path, variant: str | None) -> WeightFiles | None:
-    for fmt in FORMATS:
+def _find_in(folder: Path, variant: str | None, formats: tuple[str, ...] = FORMATS) -> WeightFiles | None:
+    for fmt in formats:
         single, index = weight_file_names(fmt, variant)
         if (folder / single).is_file():
             return WeightFiles((folder / single,), fmt, variant)
@@ -173,18 +184,21 @@ def save_state_dict(
     folder: Path,
     variant: str | None = None,
     max_shard_bytes: int | None = None,
+    fmt: str = "safetensors",
 ) -> list[Path]:
-    """Write safetensors weights (sharded with an index when over `max_shard_bytes`)."""
+    """Write weights as safetensors (or a torch pickle, `fmt="bin"`), sharded with an index when
+    over `max_shard_bytes`. Weight files of the same variant left by an earlier save are removed."""
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    single, index_name = weight_file_names("safetensors", variant)
+    single, index_name = weight_file_names(fmt, variant)
+    _remove_stale_weights(folder, variant)
     shards = _split_shards(tensors, max_shard_bytes)
     if len(shards) == 1:
-        save_file(tensors, str(folder / single), metadata={"format": "pt"})
+        _WRITERS[fmt](tensors, folder / single)
         return [folder / single]
     paths, weight_map = [], {}
     for i, shard in enumerate(shards, start=1):
-        path = folder / shard_file_name(i, len(shards), variant)
-        save_file(shard, str(path), metadata={"format": "pt"})
+        path = folder / shard_file_name(i, len(shards), variant, fmt=fmt)
+        _WRITERS[fmt](shard, path)
         weight_map.update({key: path.name for key in shard})
         paths.append(path)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -209,3 +223,36 @@ def _split_shards(
         shards[-1][key] = tensor
         size += nbytes
     return shards
+
+
+def parse_shard_size(size: int | str | None) -> int | None:
+    """Bytes from an int or a string such as "10GB", "5MiB", "200kB" (decimal and binary units)."""
+    if size is None or isinstance(size, int):
+        return size
+    text = str(size).strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    for unit, factor in units.items():  # longest units first
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise ValueError(f"max_shard_size {size!r} is not a size: give bytes or a string like '10GB' or '500MiB'")
+
+
+def _remove_stale_weights(folder: Path, variant: str | None) -> None:
+    """Delete weight files of this variant from a previous save (their shards would be mixed in)."""
+    middle = f".{variant}" if variant else ""
+    for fmt in FORMATS:
+        single, index = weight_file_names(fmt, variant)
+        stale = [folder / single, folder / index, *folder.glob(f"{WEIGHTS_STEM}{middle}-*-of-*.{fmt}")]
+        for path in stale:
+            if path.is_file():
+                path.unlink()
+
+
+_WRITERS = {
+    "safetensors": lambda tensors, path: save_file(tensors, str(path), metadata={"format": "pt"}),
+    "bin": lambda tensors, path: torch.save(tensors, path),
+}
