@@ -84,6 +84,56 @@ CASES = [
     ("LMSDiscreteScheduler", {"prediction_type": "sample", "use_exponential_sigmas": True}, 12, {}),
 ]
 
+# Flow-matching models (FLUX, SD3): flow σ grids with static shift, dynamic μ, terminal stretch.
+FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+CASES += [
+    ("FlowMatchEulerDiscreteScheduler", {"use_beta_sigmas": True, "shift": 2.0}, 8, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"invert_sigmas": True}, 8, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True, "shift": 3.0, "shift_terminal": 0.05}, 8, {}),
+    ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, 8, {}),
+    ("FlowMatchHeunDiscreteScheduler", {}, 6, {"s_churn": 0.5}),
+    ("DPMSolverMultistepScheduler", {**FLOW, "flow_shift": 3.0}, 10, {}),
+    ("DPMSolverMultistepScheduler", {**FLOW, "flow_shift": 3.0, "solver_order": 3,
+                                     "algorithm_type": "sde-dpmsolver++"}, 12, {}),
+    ("DPMSolverMultistepScheduler", {**FLOW, "flow_shift": 2.0, "final_sigmas_type": "sigma_min"}, 10, {}),
+    ("DPMSolverSinglestepScheduler", {**FLOW, "flow_shift": 3.0}, 10, {}),
+    ("DPMSolverSinglestepScheduler", {**FLOW, "flow_shift": 3.0, "solver_order": 3}, 12, {}),
+    ("UniPCMultistepScheduler", {**FLOW, "flow_shift": 3.0}, 10, {}),
+    ("UniPCMultistepScheduler", {**FLOW, "flow_shift": 3.0, "shift_terminal": 0.05, "solver_order": 3}, 10, {}),
+    ("UniPCMultistepScheduler", {**FLOW, "use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}, 10, {}),
+    # use_beta_sigmas (Lee et al. 2024) on the ᾱ-table schedulers.
+    ("EulerDiscreteScheduler", {"use_beta_sigmas": True}, 10, {}),
+    ("DPMSolverMultistepScheduler", {"use_beta_sigmas": True}, 10, {}),
+    ("UniPCMultistepScheduler", {"use_beta_sigmas": True}, 10, {}),
+    ("LMSDiscreteScheduler", {"use_beta_sigmas": True}, 10, {}),
+]
+
+# Cases that pass set_timesteps more than a step count: (class, overrides, set_timesteps kwargs, step kwargs).
+LINSPACE_SIGMAS = [1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1]
+CUSTOM_TIMESTEPS = [999, 800, 650, 500, 300, 120, 20]
+GRID_CASES = [
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, {"num_inference_steps": 10, "mu": 0.8}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True, "time_shift_type": "linear"},
+     {"num_inference_steps": 10, "mu": 1.3}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True, "shift_terminal": 0.2},
+     {"sigmas": LINSPACE_SIGMAS, "mu": 1.1}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {"timesteps": [1000.0, 850.0, 700.0, 500.0, 300.0]}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0},
+     {"timesteps": [1000.0, 850.0, 700.0, 500.0, 300.0], "sigmas": [1.0, 0.8, 0.6, 0.4, 0.2]}, {}),
+    ("DPMSolverMultistepScheduler", {**FLOW, "use_dynamic_shifting": True}, {"num_inference_steps": 10, "mu": 0.9},
+     {}),
+    ("DPMSolverSinglestepScheduler", {**FLOW, "use_dynamic_shifting": True}, {"num_inference_steps": 9, "mu": 1.1},
+     {}),
+    ("UniPCMultistepScheduler", {**FLOW, "use_dynamic_shifting": True}, {"num_inference_steps": 10, "mu": 0.9}, {}),
+    ("UniPCMultistepScheduler", {**FLOW, "use_dynamic_shifting": True, "time_shift_type": "linear"},
+     {"num_inference_steps": 10, "mu": 1.5}, {}),
+    ("UniPCMultistepScheduler", {**FLOW, "flow_shift": 3.0}, {"sigmas": LINSPACE_SIGMAS}, {}),
+    ("DPMSolverMultistepScheduler", {}, {"timesteps": CUSTOM_TIMESTEPS}, {}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3}, {"timesteps": CUSTOM_TIMESTEPS}, {}),
+    ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}, {"timesteps": CUSTOM_TIMESTEPS}, {}),
+    ("EulerDiscreteScheduler", {}, {"sigmas": [14.6, 8.0, 4.0, 2.0, 1.0, 0.5, 0.1, 0.0]}, {}),
+]
+
 
 def case_id(case: tuple) -> str:
     name, overrides, steps, kwargs = case

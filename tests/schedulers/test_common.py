@@ -16,7 +16,7 @@ STEPS = 10
 
 def _make(name: str, **overrides):
     cls = SCHEDULER_CLASSES[name]
-    config = {} if name == "FlowMatchEulerDiscreteScheduler" else dict(SD_CONFIG)
+    config = {} if name.startswith("FlowMatch") else dict(SD_CONFIG)
     return cls.from_config({**config, **overrides})
 
 

@@ -33,6 +33,12 @@ def vp_point(sigma_ve: Tensor) -> Point:
     return Point(alpha, sigma, torch.log(alpha) - torch.log(sigma))
 
 
+def flow_point(sigma_flow: Tensor) -> Point:
+    """The point of a flow-matching σ ∈ [0, 1] (x = (1 − σ) x_0 + σ ε): α = 1 − σ."""
+    alpha = 1 - sigma_flow
+    return Point(alpha, sigma_flow, torch.log(alpha) - torch.log(sigma_flow))
+
+
 class Coefficients(NamedTuple):
     """Functions of (s, t, h) giving A, c_0, c_1 (midpoint form), c_1 (Heun form), c_2, n_t."""
 

@@ -57,16 +57,31 @@ class DPMSolverMultistepScheduler(VPSigmaScheduleMixin):
         use_beta_sigmas: bool = False,
         use_lu_lambdas: bool = False,
         use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
         final_sigmas_type: str = "zero",
         lambda_min_clipped: float = -float("inf"),
         variance_type: str | None = None,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
     ) -> None:
         self.algorithm_type, self.solver_type = resolve_dpm_config(algorithm_type, solver_type, final_sigmas_type,
                                                                    solver_order)
         self._build_sigma_tables()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        """Grid for n steps, custom integer `timesteps`, or custom `sigmas` (flow σ with
+        `use_flow_sigmas`, else VE σ); `mu` is FLUX's dynamic shift (flow grids only)."""
+        self._set_grid(num_inference_steps, device, timesteps, sigmas, mu)
 
     def _fresh_state(self) -> dict[str, Any]:
         # History of converted model outputs and their grid indices (newest last).

@@ -67,9 +67,12 @@ class DPMSolverSinglestepScheduler(VPSigmaScheduleMixin):
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
         final_sigmas_type: str = "zero",
         lambda_min_clipped: float = -float("inf"),
         variance_type: str | None = None,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
     ) -> None:
         self.algorithm_type, self.solver_type = resolve_dpm_config(algorithm_type, solver_type, final_sigmas_type,
                                                                    solver_order)
@@ -95,10 +98,12 @@ class DPMSolverSinglestepScheduler(VPSigmaScheduleMixin):
         self,
         num_inference_steps: int | None = None,
         device: torch.device | str | None = None,
-        timesteps: Any = None,
-        sigmas: Any = None,
+        mu: float | None = None,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
     ) -> None:
-        super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
+        """As the multistep solver's; also plans the order of each step."""
+        self._set_grid(num_inference_steps, device, timesteps, sigmas, mu)
         c, n = self.config, self.num_inference_steps
         self.order_list = singlestep_orders(n, c.solver_order, self._lower_order_final(n),
                                             c.final_sigmas_type == "zero")

@@ -58,8 +58,9 @@ class EulerDiscreteScheduler(VEScheduleMixin):
     ) -> None:
         """Build the σ grid (and its fractional timesteps) for this job."""
         ts_t, sig_t = self._grid_tensors(num_inference_steps, timesteps, sigmas)
-        if self.config.interpolation_type == "log_linear" and timesteps is None and sigmas is None:
-            # σ evenly spaced in log σ over the whole training range (n + 1 points, then the final σ).
+        if self.config.interpolation_type == "log_linear" and sigmas is None:
+            # σ evenly spaced in log σ over the whole training range (n + 1 points, then the final σ),
+            # for the spacing's timesteps and for custom ones alike (Diffusers keeps the timesteps).
             log_range = torch.linspace(np.log(self._train_sigmas[-1]), np.log(self._train_sigmas[0]), len(ts_t) + 1)
             sig_t = torch.cat([log_range.exp(), sig_t[-1:]]).to(torch.float32)
         if self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction":

@@ -5,6 +5,7 @@ With x_t = α_t x_0 + σ_t ε (VP form, α_t² + σ_t² = 1 for discrete DDPM sc
     sample        the net predicts x_0:      ε̂   = (x_t − α_t x̂_0) / σ_t
     v_prediction  v = α_t ε − σ_t x_0 (Salimans & Ho 2022, §4):
                   x̂_0 = α_t x_t − σ_t v,  ε̂ = α_t v + σ_t x_t
+    flow_prediction  on a flow grid (α_t = 1 − σ_t) the net predicts v = ε − x_0: x̂_0 = x_t − σ_t v
 
 Samplers ask this module for x̂_0 or ε̂ and never branch on the prediction type themselves.
 """
@@ -39,15 +40,24 @@ def _from_v(out: torch.Tensor, x: torch.Tensor, alpha: Scalar, sigma: Scalar) ->
     return Denoised(alpha * x - sigma * out, alpha * out + sigma * x)
 
 
+def _from_flow(out: torch.Tensor, x: torch.Tensor, alpha: Scalar, sigma: Scalar) -> Denoised:
+    # Flow matching: x_σ = (1 − σ) x_0 + σ ε and the net predicts v = ε − x_0, so x̂_0 = x − σ v.
+    x0 = x - sigma * out
+    return Denoised(x0, (x - alpha * x0) / sigma)
+
+
 PREDICTION_TYPES: dict[str, Callable[..., Denoised]] = {
     "epsilon": _from_epsilon,
     "sample": _from_sample,
     "v_prediction": _from_v,
+    "flow_prediction": _from_flow,
 }
+# What discrete-time (ᾱ-table) models predict; flow_prediction needs a flow σ grid.
+DIFFUSION_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
-def check_prediction_type(prediction_type: str) -> None:
-    check_choice("prediction_type", prediction_type, list(PREDICTION_TYPES))
+def check_prediction_type(prediction_type: str, allowed: tuple[str, ...] = DIFFUSION_PREDICTION_TYPES) -> None:
+    check_choice("prediction_type", prediction_type, list(allowed))
 
 
 def denoise_vp(

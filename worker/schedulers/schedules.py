@@ -182,19 +182,71 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
 
 
+def _incomplete_beta_fraction(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Continued fraction of I_x(a, b) (modified Lentz), converging for x < (a + 1)/(a + b + 2)."""
+    tiny = 1e-300
+    c = np.ones_like(x)
+    d = 1.0 / np.where(np.abs(1 - (a + b) * x / (a + 1)) < tiny, tiny, 1 - (a + b) * x / (a + 1))
+    h = d.copy()
+    for m in range(1, 300):
+        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        delta = np.ones_like(x)
+        for coef in (even, odd):
+            d = 1 + coef * d
+            d = 1 / np.where(np.abs(d) < tiny, tiny, d)
+            c = 1 + coef / c
+            c = np.where(np.abs(c) < tiny, tiny, c)
+            delta = d * c
+            h = h * delta
+        if np.all(np.abs(delta - 1) < 1e-15):
+            break
+    return h
+
+
+def regularized_incomplete_beta(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """I_x(a, b), the CDF of the Beta(a, b) distribution at x ∈ [0, 1] (float64)."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    inner = np.clip(x, 1e-300, 1 - 1e-16)
+    log_front = a * np.log(inner) + b * np.log1p(-inner) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    direct = x < (a + 1) / (a + b + 2)  # else use I_x(a, b) = 1 − I_{1−x}(b, a)
+    low = np.exp(log_front) * _incomplete_beta_fraction(np.where(direct, inner, 0.0), a, b) / a
+    high = 1 - np.exp(log_front) * _incomplete_beta_fraction(np.where(direct, 0.0, 1 - inner), b, a) / b
+    out = np.where(direct, low, high)
+    return np.where(x <= 0, 0.0, np.where(x >= 1, 1.0, out))
+
+
+def beta_quantile(q: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Inverse of `regularized_incomplete_beta` in x, by bisection to float64 precision."""
+    q = np.asarray(q, dtype=np.float64)
+    lo, hi = np.zeros_like(q), np.ones_like(q)
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        below = regularized_incomplete_beta(mid, a, b) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return np.where(q <= 0, 0.0, np.where(q >= 1, 1.0, (lo + hi) / 2))
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """Lee et al. 2024 ("Beta sampling is all you need"): σ at Beta(α, β) quantiles of a descending ramp.
+
+    σ_i = σ_min + F⁻¹(1 − i/(n−1)) (σ_max − σ_min), F the Beta(α, β) CDF: steps crowd at both ends.
+    """
+    return sigma_min + beta_quantile(1 - np.linspace(0, 1, n), alpha, beta) * (sigma_max - sigma_min)
+
+
 SIGMA_SCHEDULES: dict[str, Callable[[float, float, int], np.ndarray]] = {
     "karras": karras_sigmas,
     "exponential": exponential_sigmas,
+    "beta": beta_sigmas,
 }
 
 
 def sigma_schedule_name(use_karras: bool, use_exponential: bool, use_beta: bool) -> str | None:
     """Which re-spacing of σ the config asks for (at most one); None keeps the timestep grid."""
-    if use_beta:
-        raise ValueError("use_beta_sigmas is not supported; allowed: use_karras_sigmas, use_exponential_sigmas")
-    if use_karras and use_exponential:
-        raise ValueError("only one of use_karras_sigmas and use_exponential_sigmas may be set")
-    return "karras" if use_karras else "exponential" if use_exponential else None
+    if sum(map(bool, (use_karras, use_exponential, use_beta))) > 1:
+        raise ValueError("only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas may be set")
+    return "karras" if use_karras else "exponential" if use_exponential else "beta" if use_beta else None
 
 
 def respace_sigmas(
@@ -204,6 +256,37 @@ def respace_sigmas(
     lo = sigma_min if sigma_min is not None else float(sigmas[-1])
     hi = sigma_max if sigma_max is not None else float(sigmas[0])
     return SIGMA_SCHEDULES[name](lo, hi, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow-matching σ ∈ [0, 1] (x_σ = (1 − σ) x_0 + σ ε; Lipman et al. 2023, Esser et al. 2024)
+# ---------------------------------------------------------------------------------------------
+
+
+def shift_sigmas(sigmas: np.ndarray | torch.Tensor, shift: float) -> np.ndarray | torch.Tensor:
+    """SD3's resolution shift (Esser et al. 2024, eq. 23): σ' = s σ / (1 + (s − 1) σ)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def _time_shift_exponential(mu: float, sigmas: np.ndarray) -> np.ndarray:
+    # e^μ / (e^μ + 1/σ − 1): the static shift with s = e^μ (FLUX's dynamic shifting).
+    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+
+
+def _time_shift_linear(mu: float, sigmas: np.ndarray) -> np.ndarray:
+    return mu / (mu + (1 / sigmas - 1))
+
+
+TIME_SHIFTS: dict[str, Callable[[float, np.ndarray], np.ndarray]] = {
+    "exponential": _time_shift_exponential,
+    "linear": _time_shift_linear,
+}
+
+
+def stretch_to_terminal(sigmas: np.ndarray, terminal: float) -> np.ndarray:
+    """Scale 1 − σ so that the last σ equals `terminal` (LTX-Video's shift_terminal)."""
+    one_minus = 1 - sigmas
+    return 1 - one_minus / (one_minus[-1] / (1 - terminal))
 
 
 def vp_alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

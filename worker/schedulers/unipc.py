@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from worker.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator
 from .dpm_solver import Point
-from .schedules import check_choice
+from .schedules import TIME_SHIFTS, check_choice, shift_sigmas, stretch_to_terminal
 from .vp_sigma import VPSigmaScheduleMixin
 
 Tensor = torch.Tensor
@@ -98,17 +99,26 @@ class UniPCMultistepScheduler(VPSigmaScheduleMixin):
         solver_type: str = "bh2",
         lower_order_final: bool = True,
         disable_corrector: Sequence[int] = (),
+        solver_p: Any = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         final_sigmas_type: str = "zero",
         rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
         sigma_min: float | None = None,
         sigma_max: float | None = None,
+        shift_terminal: float | None = None,
     ) -> None:
+        if solver_p is not None:
+            raise ValueError("solver_p (a separate predictor scheduler) is not supported; leave it None")
+        if shift_terminal is not None and not use_flow_sigmas:
+            raise ValueError("shift_terminal needs use_flow_sigmas=True")
         check_choice("solver_type", solver_type, list(SOLVER_TYPES) + list(SOLVER_TYPE_ALIASES))
         if int(solver_order) < 1:
             raise ValueError(f"solver_order must be a positive integer, got {solver_order!r}")
@@ -118,6 +128,43 @@ class UniPCMultistepScheduler(VPSigmaScheduleMixin):
         self.predict_x0 = predict_x0
         self.disable_corrector = tuple(disable_corrector)
         self._build_sigma_tables()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        sigmas: Sequence[float] | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Grid for n steps, custom `sigmas` (flow σ with `use_flow_sigmas`, else VE σ) or custom
+        integer `timesteps`; `mu` is the dynamic shift that `use_dynamic_shifting` requires."""
+        if self.config.use_dynamic_shifting and mu is None:
+            raise ValueError("use_dynamic_shifting needs set_timesteps(..., mu=...)")
+        self._set_grid(num_inference_steps, device, timesteps, sigmas, mu)
+
+    # UniPC's flow grid: linspace(1, 1/T) top n points, time-shifted, stretched to shift_terminal.
+    def _flow_base_sigmas(self, n: int) -> np.ndarray:
+        return np.linspace(1, 1 / self.config.num_train_timesteps, n + 1)[:-1]
+
+    def _flow_shifted(self, sigmas: np.ndarray, mu: float | None) -> np.ndarray:
+        c = self.config
+        if c.use_dynamic_shifting and mu is not None:  # (no μ only for the grid built in __init__)
+            sigmas = TIME_SHIFTS[c.time_shift_type](mu, sigmas)
+        else:
+            sigmas = shift_sigmas(sigmas, c.flow_shift)
+        if c.shift_terminal:
+            sigmas = stretch_to_terminal(sigmas, c.shift_terminal)
+        if abs(sigmas[0] - 1) < 1e-6:  # σ = 1 has λ = −∞
+            sigmas = np.concatenate([[sigmas[0] - 1e-6], sigmas[1:]])
+        return sigmas
+
+    def _respaced_grid(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        ts, sig = super()._respaced_grid(n)
+        if self._flow and self._respacing == "karras":  # VE σ → flow σ = σ/(σ + 1)
+            sig = sig / (sig + 1)
+            ts = np.trunc(sig * self.config.num_train_timesteps)
+        return ts, sig
 
     def _fresh_state(self) -> dict[str, Any]:
         # history: newest-last (converted output, grid index); last_sample: x before the last UniP step.

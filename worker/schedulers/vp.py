@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .base import SchedulerMixin, broadcast_to
-from .prediction import check_prediction_type
+from .prediction import DIFFUSION_PREDICTION_TYPES, check_prediction_type
 from .schedules import alphas_cumprod, check_choice, make_betas, train_sigmas, TIMESTEP_SPACINGS
 
 
@@ -17,9 +17,11 @@ class VPScheduleMixin(SchedulerMixin):
     alphas: torch.Tensor  # (T,)
     alphas_cumprod: torch.Tensor  # (T,)
 
+    _prediction_types: tuple[str, ...] = DIFFUSION_PREDICTION_TYPES
+
     def _build_tables(self) -> None:
         c = self.config
-        check_prediction_type(c.prediction_type)
+        check_prediction_type(c.prediction_type, self._prediction_types)
         check_choice("timestep_spacing", self._option("timestep_spacing", "linspace"), TIMESTEP_SPACINGS)
         self.betas = make_betas(
             c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,

@@ -1,26 +1,30 @@
 """VP solvers that step over a σ grid at integer timesteps (DPM-Solver family, UniPC).
 
 The model sees x_t unscaled; each grid point's σ (VE) maps to VP (α_t, σ_t) and λ_t. The grid
-is the timestep spacing's integer timesteps, or a Karras / exponential σ ramp over the whole
-training range whose timesteps are read back by σ → t interpolation.
+is the timestep spacing's integer timesteps (or custom ones), a Karras / exponential / beta σ
+ramp over the whole training range whose timesteps are read back by σ → t interpolation, or a
+flow-matching σ grid (`use_flow_sigmas`, for FLUX / SD3 models).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from .base import broadcast_to
-from .dpm_solver import Point, vp_point
-from .prediction import Denoised, denoise_vp, dynamic_threshold
+from .dpm_solver import Point, flow_point, vp_point
+from .prediction import DIFFUSION_PREDICTION_TYPES, Denoised, denoise_vp, dynamic_threshold
 from .schedules import (
+    TIME_SHIFTS,
     check_choice,
     check_num_steps,
     respace_sigmas,
     sigma_schedule_name,
     sigma_to_t,
+    shift_sigmas,
     sigmas_at,
     timestep_grid,
 )
@@ -29,9 +33,15 @@ from .vp import VPScheduleMixin
 
 
 class VPSigmaScheduleMixin(VPScheduleMixin):
-    """Grid construction, add_noise and model-output conversion shared by DPM-Solver and UniPC."""
+    """Grid construction, add_noise and model-output conversion shared by DPM-Solver and UniPC.
 
-    sigmas: torch.Tensor  # (n + 1,), VE σ of each grid point and the final σ
+    With `use_flow_sigmas` the grid is a flow-matching σ ∈ (0, 1) (shifted by `flow_shift`, or
+    by e^μ when `set_timesteps` gets a FLUX μ), each point's (α, σ) is (1 − σ, σ), and the
+    solvers integrate the same λ = log(α/σ) as for VP models: the rectified-flow ODE.
+    """
+
+    sigmas: torch.Tensor  # (n + 1,), σ of each grid point (VE, or flow σ) and the final σ
+    _prediction_types = (*DIFFUSION_PREDICTION_TYPES, "flow_prediction")
     # Diffusers' per-class quirks of the respaced grids:
     _round_respaced_always = False  # UniPC rounds Karras timesteps even for squaredcos_cap_v2
     _final_sigma_min_is_grid_end = False  # UniPC's "sigma_min" final σ is the ramp's last σ
@@ -39,14 +49,15 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
     def _build_sigma_tables(self) -> None:
         self._build_tables()
         c = self.config
-        if self._option("use_flow_sigmas"):
-            raise ValueError("use_flow_sigmas is not supported; use FlowMatchEulerDiscreteScheduler")
         check_choice("final_sigmas_type", c.final_sigmas_type, FINAL_SIGMAS_TYPES)
+        check_choice("time_shift_type", self._option("time_shift_type", "exponential"), list(TIME_SHIFTS))
+        self._flow = bool(self._option("use_flow_sigmas", False))
+        self._to_point = flow_point if self._flow else vp_point
         self._respacing = sigma_schedule_name(
             c.use_karras_sigmas, c.use_exponential_sigmas or self._option("use_lu_lambdas", False), c.use_beta_sigmas
         )
         self._train_alpha_bar = self._build_train_sigmas()  # ᾱ_t (T,); not the _alpha_bar() method
-        self.set_timesteps(c.num_train_timesteps)
+        self._set_grid(c.num_train_timesteps)
         self.num_inference_steps = None
 
     def _lambda_clipped_top(self) -> int:
@@ -55,38 +66,87 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         clip = self._option("lambda_min_clipped", -float("inf"))
         return self.config.num_train_timesteps - int(torch.searchsorted(torch.flip(lam, [0]), clip))
 
-    def _vp_grid(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """(int64 timesteps (n,), float32 σ (n + 1,)) for `num_steps` steps."""
-        c, option = self.config, self._option
-        n = check_num_steps(num_steps, c.num_train_timesteps)
-        ts = timestep_grid(
-            option("timestep_spacing", "linspace"), c.num_train_timesteps, n, option("steps_offset", 0),
-            drop_last=True, last_timestep=self._lambda_clipped_top(),
-        )
-        final_min = float(self._train_sigmas[0])  # σ at t = 0
-        if self._respacing:
-            full_range = self._train_sigmas[::-1]  # σ_max … σ_min of training
-            sig = respace_sigmas(self._respacing, full_range, n, option("sigma_min"), option("sigma_max"))
-            ts = sigma_to_t(sig, self._log_sigmas)
-            if self._respacing == "karras" or option("use_lu_lambdas"):
-                if self._round_respaced_always or c.beta_schedule != "squaredcos_cap_v2":
-                    ts = np.round(ts)
-            final_min = float(sig[-1]) if self._final_sigma_min_is_grid_end else final_min
-        else:
-            sig = sigmas_at(ts, self._train_sigmas)
-        final = final_min if c.final_sigmas_type == "sigma_min" else 0.0
-        return ts.astype(np.int64), np.concatenate([sig, [final]]).astype(np.float32)
+    # -- flow-matching grids ------------------------------------------------------------------
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: torch.device | str | None = None,
-        timesteps: Any = None,
-        sigmas: Any = None,
+    def _flow_base_sigmas(self, n: int) -> np.ndarray:
+        """DPM-Solver's flow grid before shifting: 1 − linspace(1, 1/T, n + 1), top n points."""
+        T = self.config.num_train_timesteps
+        return (1.0 - np.linspace(1, 1 / T, n + 1))[::-1][:-1].copy()
+
+    def _flow_shifted(self, sigmas: np.ndarray, mu: float | None) -> np.ndarray:
+        """Shift by `flow_shift`, or by e^μ (FLUX's exponential dynamic shift) when μ is given."""
+        if mu is None:
+            return shift_sigmas(sigmas, self.config.flow_shift)
+        if not (self._option("use_dynamic_shifting") and self._option("time_shift_type") == "exponential"):
+            raise ValueError(f"{type(self).__name__}: mu needs use_dynamic_shifting=True and "
+                             "time_shift_type='exponential'")
+        return shift_sigmas(sigmas, math.exp(mu))
+
+    def _flow_grid(self, n: int, sigmas: Any, mu: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps ⌊σ·T⌋, σ) on the flow grid, from `n` steps or custom σ (shifted either way)."""
+        base = self._flow_base_sigmas(n) if sigmas is None else np.array(sigmas, dtype=np.float64)
+        sig = self._flow_shifted(base, mu)
+        return np.trunc(sig * self.config.num_train_timesteps), sig
+
+    # -- the grid -----------------------------------------------------------------------------
+
+    def _respaced_grid(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps, σ) of a Karras / exponential / beta ramp over the training σ range."""
+        option = self._option
+        full_range = self._train_sigmas[::-1]  # σ_max … σ_min of training
+        sig = respace_sigmas(self._respacing, full_range, n, option("sigma_min"), option("sigma_max"))
+        ts = sigma_to_t(sig, self._log_sigmas)
+        if self._respacing == "karras" or option("use_lu_lambdas"):
+            if self._round_respaced_always or self.config.beta_schedule != "squaredcos_cap_v2":
+                ts = np.round(ts)
+        return ts, sig
+
+    def _spaced_grid(self, n: int, timesteps: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps, σ) of the timestep spacing (or custom integer timesteps), σ read off the table."""
+        c, option = self.config, self._option
+        if timesteps is not None:
+            ts = np.asarray(timesteps, dtype=np.int64).astype(np.float64)
+        else:
+            ts = timestep_grid(
+                option("timestep_spacing", "linspace"), c.num_train_timesteps, n, option("steps_offset", 0),
+                drop_last=True, last_timestep=self._lambda_clipped_top(),
+            )
+        return ts, sigmas_at(ts, self._train_sigmas)
+
+    def _grid(self, n: int, timesteps: Any, sigmas: Any, mu: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+        """(timesteps (n,), σ (n,), σ_min for a `sigma_min` final σ)."""
+        train_min = float(self._train_sigmas[0])  # σ at t = 0
+        if self._respacing:
+            if timesteps is not None or sigmas is not None:
+                raise ValueError(f"custom timesteps or sigmas cannot be combined with {self._respacing} sigmas")
+            ts, sig = self._respaced_grid(n)
+            return ts, sig, float(sig[-1]) if self._final_sigma_min_is_grid_end else train_min
+        if self._flow:
+            if timesteps is not None:
+                raise ValueError("with use_flow_sigmas pass custom sigmas, not timesteps")
+            ts, sig = self._flow_grid(n, sigmas, mu)
+            return ts, sig, float(sig[-1]) if self._final_sigma_min_is_grid_end else train_min
+        if sigmas is not None:  # VE σ: timesteps read back from the table
+            sig = np.asarray(sigmas, dtype=np.float64)
+            return np.round(sigma_to_t(sig, self._log_sigmas)), sig, train_min
+        ts, sig = self._spaced_grid(n, timesteps)
+        return ts, sig, train_min
+
+    def _set_grid(
+        self, num_inference_steps: int | None, device: Any = None, timesteps: Any = None, sigmas: Any = None,
+        mu: float | None = None,
     ) -> None:
-        """Build the grid for `num_inference_steps`; these solvers take no custom timesteps or σ."""
-        self._check_steps_only(timesteps, sigmas)
-        self._finish_set_timesteps(*self._vp_grid(num_inference_steps), device)
+        """Build the grid: n steps, or custom integer `timesteps`, or custom `sigmas` (these set n)."""
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("pass custom timesteps or custom sigmas, not both")
+        custom = timesteps if timesteps is not None else sigmas
+        if custom is None and num_inference_steps is None:
+            raise ValueError("pass num_inference_steps, timesteps or sigmas")
+        n = check_num_steps(len(custom) if custom is not None else num_inference_steps,
+                            self.config.num_train_timesteps)
+        ts, sig, sigma_min = self._grid(n, timesteps, sigmas, mu)
+        final = sigma_min if self.config.final_sigmas_type == "sigma_min" else 0.0
+        self._finish_set_timesteps(ts.astype(np.int64), np.concatenate([sig, [final]]).astype(np.float32), device)
 
     def _finish_set_timesteps(self, timesteps: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
@@ -95,7 +155,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
         self._reset()
 
     def _point(self, index: int) -> Point:
-        return vp_point(self.sigmas[index])
+        return self._to_point(self.sigmas[index])
 
     def _denoise(self, model_output: torch.Tensor, sample: torch.Tensor) -> Denoised:
         """(x̂_0, ε̂) at the current grid point, with dynamic thresholding of x̂_0 if configured."""
@@ -112,7 +172,7 @@ class VPSigmaScheduleMixin(VPScheduleMixin):
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = α_t x_0 + σ_t ε at the grid points of `timesteps`."""
         sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
-        p = vp_point(broadcast_to(sigmas[self._step_indices(timesteps.to(original.device))], original))
+        p = self._to_point(broadcast_to(sigmas[self._step_indices(timesteps.to(original.device))], original))
         return p.alpha * original + p.sigma * noise
 
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule: torch.Tensor | None = None) -> int:
