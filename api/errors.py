@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import KilnError, TooManyRequests, Unauthorized
+from shared.errors import KilnError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def error_response(code: str, message: str, status: int, field: str | None = Non
 
 
 def _headers(exc: KilnError) -> dict[str, str]:
-    if isinstance(exc, TooManyRequests):
+    if getattr(exc, "retry_after", None) is not None:  # 429s and 503s that know when to come back
         return {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="kiln"'}

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.auth import NAME_MAX, OWNER_PATTERN
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
@@ -89,8 +91,8 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["user", "admin"] = "user"
-    name: str = Field(default="", max_length=100)
-    owner: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+    name: str = Field(default="", max_length=NAME_MAX)
+    owner: str | None = Field(default=None, pattern=OWNER_PATTERN,  # the dashboard checks the same
                               description="tenant id; keys with one owner share jobs (default: the key id)")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ Role = Literal["user", "admin"]
 ROLES: tuple[str, ...] = ("user", "admin")
 LOCAL_KEY_ID = "local"
 TOKEN_PREFIX = "kiln_"
+OWNER_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+NAME_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,16 @@ class CreatedKey:
     secret: str
 
 
+def check_key_fields(role: str, name: str, owner: str | None) -> None:
+    """The one validation of a new key's fields, for the API and the dashboard alike."""
+    if role not in ROLES:
+        raise ValidationFailed(f"role must be one of {list(ROLES)} (got {role!r})", field="role")
+    if len(name) > NAME_MAX:
+        raise ValidationFailed(f"name must be at most {NAME_MAX} characters", field="name")
+    if owner is not None and not re.fullmatch(OWNER_PATTERN, owner):
+        raise ValidationFailed("owner must be 1-64 letters, digits, '_', '.' or '-'", field="owner")
+
+
 def hash_secret(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -74,10 +87,7 @@ class KeyStore:
     def create(self, role: str = "user", name: str = "", owner: str | None = None,
                token: str | None = None) -> CreatedKey:
         """Create a key; `token` registers a given secret (the bootstrap admin key)."""
-        if role not in ROLES:
-            raise ValidationFailed(f"role must be one of {list(ROLES)} (got {role!r})", field="role")
-        if len(name) > 100:
-            raise ValidationFailed("name must be at most 100 characters", field="name")
+        check_key_fields(role, name, owner)
         key_id = "key_" + (hash_secret(token)[:16] if token else secrets.token_hex(8))
         token = token or f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         digest = hash_secret(token)
@@ -104,6 +114,13 @@ class KeyStore:
         pipe.hset(self._key(key_id), "last_used_at", repr(time.time()))
         pipe.execute()
         return Principal(key_id=key_id, owner=raw["owner"], role=raw["role"])
+
+    def is_active(self, key_id: str) -> bool:
+        """Whether `key_id` still exists unrevoked (the local principal always does)."""
+        if key_id == LOCAL_KEY_ID:
+            return True
+        found = self.redis.hmget(self._key(key_id), "id", "revoked_at")
+        return bool(found[0]) and not found[1]
 
     def count_submission(self, key_id: str) -> None:
         if key_id != LOCAL_KEY_ID:

@@ -52,7 +52,8 @@ def decode_base64(text: str, field: str, limits: Limits) -> bytes:
 def fetch(url: str, field: str, policy: safehttp.Policy) -> bytes:
     """GET an image by URL under the SSRF policy; the error names the field."""
     try:
-        reply = safehttp.request("GET", url, policy)
+        with safehttp.input_fetches.slot():  # 503 when this process already runs its most fetches
+            reply = safehttp.request("GET", url, policy)
     except InputRefused as exc:
         raise InputRefused(f"{field}: {exc.message}", field=field, code=exc.code) from None
     if reply.status != 200:

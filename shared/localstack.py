@@ -52,8 +52,11 @@ def redis_command(port: int, data_dir: Path) -> list[str]:
 
 
 def api_command(bind: str, workers: int = 2, threads: int = 8) -> list[str]:
+    """gunicorn with the API's evented worker (`api.gunicorn_worker`): connections are greenlets,
+    so open event streams never starve other requests; `threads` sizes its native thread pool."""
     return [PYTHON, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads", str(threads),
-            "--worker-class", "gthread", "--graceful-timeout", "10", "--access-logfile", "-", "api.wsgi:app"]
+            "--worker-class", "api.gunicorn_worker.KilnWorker", "--graceful-timeout", "10",
+            "--access-logfile", "-", "api.wsgi:app"]
 
 
 def worker_command() -> list[str]:

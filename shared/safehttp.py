@@ -5,19 +5,29 @@ be public (not private, loopback, link-local, multicast, reserved or unspecified
 operator allows private addresses, and the connection goes to that checked address — so a DNS
 answer that changes between check and connect (rebinding) cannot redirect it. Redirects are
 followed by hand, each hop checked again, at most `max_redirects`. Time and size are capped.
+
+The time limit holds for the whole exchange — connect, TLS, sending, status line, headers and
+body, over every redirect: the connection's socket sets its timeout to the time left before each
+send and receive, so a server dripping one byte at a time cannot stretch a fetch past
+`timeout_s`. `FetchGate` bounds how many fetches a process runs at once (the API answers 503
+with `Retry-After` beyond it), so slow remotes cannot hold every request slot.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from shared.errors import InputRefused
+from shared.ratelimit import Overloaded
 
 REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -76,23 +86,93 @@ def check_url(url: str, allow_private: bool) -> str:
     return resolve(parts.hostname, port, allow_private)
 
 
+class FetchGate:
+    """At most `limit` fetches at once in this process; beyond that `Overloaded` (503) at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def slot(self):
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded(f"this server is already fetching {self.limit} URLs; retry shortly",
+                             retry_after=2, code="too_many_fetches")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+class _DeadlineSocket:
+    """A connected socket (plain or TLS) whose timeout is reset to the time left before every
+    send and receive; `http.client` reads it through `makefile`, which reads through this."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock, self.deadline = sock, deadline
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+    def _arm(self) -> socket.socket:
+        self._sock.settimeout(_left(self.deadline))
+        return self._sock
+
+    def recv(self, *args):
+        return self._arm().recv(*args)
+
+    def recv_into(self, *args):
+        return self._arm().recv_into(*args)
+
+    def send(self, *args):
+        return self._arm().send(*args)
+
+    def sendall(self, *args):
+        return self._arm().sendall(*args)
+
+    def makefile(self, mode: str = "rb", *args, **kwargs):
+        self._sock._io_refs += 1
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # http.client only reads this way
+
+
+def _connect(ip: str, port: int, deadline: float) -> socket.socket:
+    return socket.create_connection((ip, port), _left(deadline))
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, ip: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._ip = ip
+    def __init__(self, host: str, port: int, ip: str, deadline: float) -> None:
+        super().__init__(host, port)
+        self._ip, self._deadline = ip, deadline
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = _DeadlineSocket(_connect(self._ip, self.port, self._deadline), self._deadline)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, ip: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._ip = ip
+    def __init__(self, host: str, port: int, ip: str, deadline: float) -> None:
+        super().__init__(host, port, context=ssl.create_default_context())
+        self._ip, self._deadline = ip, deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        raw = _connect(self._ip, self.port, self._deadline)
+        try:
+            tls = self._context.wrap_socket(raw, server_hostname=self.host, do_handshake_on_connect=False)
+            tls.settimeout(_left(self._deadline))  # the handshake is one call: one deadline
+            tls.do_handshake()
+        except BaseException:
+            raw.close()
+            raise
+        self.sock = _DeadlineSocket(tls, self._deadline)
+
+
+# Input image fetches of this process (sized by the API at start: `set_input_fetch_limit`).
+input_fetches = FetchGate(16)
+
+
+def set_input_fetch_limit(limit: int) -> None:
+    global input_fetches
+    if limit != input_fetches.limit:
+        input_fetches = FetchGate(limit)
 
 
 def request(method: str, url: str, policy: Policy, body: bytes | None = None,
@@ -114,7 +194,7 @@ def _once(method: str, url: str, policy: Policy, body: bytes | None, headers: di
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
-    conn = kind(parts.hostname, port, ip, timeout=_left(deadline))
+    conn = kind(parts.hostname, port, ip, deadline)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         conn.request(method, path, body=body, headers={"User-Agent": "kiln", **headers})
@@ -122,6 +202,9 @@ def _once(method: str, url: str, policy: Policy, body: bytes | None, headers: di
         reply_headers = {k.lower(): v for k, v in answer.getheaders()}
         data = _read_capped(answer, policy.max_bytes, deadline)
         return Reply(answer.status, reply_headers, data, url)
+    except TimeoutError:
+        raise InputRefused(f"fetching {parts.hostname} took over {policy.timeout_s:g} s, the most allowed",
+                           code="fetch_timeout") from None
     except (OSError, http.client.HTTPException) as exc:
         raise InputRefused(f"fetching {parts.hostname} failed: {exc or type(exc).__name__}",
                            code="fetch_failed") from None
@@ -139,13 +222,14 @@ def _read_capped(answer: http.client.HTTPResponse, max_bytes: int, deadline: flo
         if size > max_bytes:
             raise InputRefused(f"the response is over {max_bytes} bytes, the most allowed", code="too_large")
         if time.monotonic() > deadline:
-            raise InputRefused("the fetch took too long", code="fetch_timeout")
+            raise TimeoutError("the fetch deadline passed")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _left(deadline: float) -> float:
+    """Seconds until `deadline`; `TimeoutError` (a socket timeout) once it has passed."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise InputRefused("the fetch took too long", code="fetch_timeout")
+        raise TimeoutError("the fetch deadline passed")
     return left

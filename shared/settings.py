@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     api_max_requests: int = Field(
         default=500, ge=8, description="other connections per API process, beside the event streams")
     sse_key_recheck_s: float = Field(default=5.0, gt=0, description="how often a stream re-checks its key")
+    api_redis_connections: int = Field(default=64, ge=4, description="Redis connections per API process")
     webhook_secret: str | None = Field(default=None, min_length=16, description="signs every webhook")
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry delay; doubles")

@@ -1,7 +1,10 @@
 """Who may use the dashboard: sign-in with an admin key, a signed session cookie, CSRF tokens.
 
-- Signing in verifies the key once and keeps only its key id in Flask's signed session; every
-  later request re-reads the key, so a revoked or demoted key is signed out at once.
+- Signing in verifies the key once and opens a server-side session: a random id in Flask's
+  signed cookie naming `<prefix>:admin:session:<id>` in Redis, which holds the key id for at
+  most `SESSION_TTL_S`. Every later request re-reads both, so signing out (which deletes the
+  record) ends the session everywhere — a copied cookie is worthless afterwards — and a revoked
+  or demoted key is signed out at once.
 - Every POST carries the session's CSRF token (form field `csrf_token` or header `X-CSRF-Token`),
   compared in constant time.
 - A request may instead send `Authorization: Bearer <admin key>` (scripts, curl); it needs no CSRF
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")
 ENDPOINTS: set[str] = {"admin.static"}  # every dashboard endpoint, filled by `page`
+SESSION_TTL_S = 12 * 3600
 
 
 @bp.record_once
@@ -94,17 +98,44 @@ def current_admin() -> Principal | None:
     if scheme.lower() == "bearer" and token.strip():
         g.bearer = True
         return _admin_or_403(keys.verify(token.strip()))
-    key_id = session.get("key_id")
+    key_id = _session_key_id()
     if not key_id:
+        if "sid" in session:  # signed out elsewhere or expired: drop the stale cookie
+            session.clear()
         return None
     try:
         key = keys.get(key_id)
     except NotFound:
         key = None
     if key is None or key["revoked_at"] or key["role"] != "admin":
-        session.clear()
+        _end_session()
         return None
     return Principal(key_id=key_id, owner=key["owner"], role="admin")
+
+
+def _session_record(sid: str) -> str:
+    return f"{current_app.extensions['kiln'].settings.key_prefix}:admin:session:{sid}"
+
+
+def _session_key_id() -> str | None:
+    """The key id of this browser's server-side session (None: none, or it was ended)."""
+    sid = session.get("sid")
+    if not sid or not isinstance(sid, str):
+        return None
+    return current_app.extensions["kiln"].store.redis.get(_session_record(sid))
+
+
+def _open_session(key_id: str) -> None:
+    sid = secrets.token_urlsafe(32)
+    current_app.extensions["kiln"].store.redis.set(_session_record(sid), key_id, ex=SESSION_TTL_S)
+    session.clear()
+    session["sid"] = sid
+
+
+def _end_session() -> None:
+    if sid := session.get("sid"):
+        current_app.extensions["kiln"].store.redis.delete(_session_record(str(sid)))
+    session.clear()
 
 
 def _admin_or_403(found: Principal | None) -> Principal:
@@ -158,8 +189,7 @@ def login():
             "That key is not an admin key: the dashboard is for admins only."
         return render_template("admin/login.html", error=message, next=request.form.get("next", "")), \
             401 if found is None else 403
-    session.clear()
-    session["key_id"] = found.key_id
+    _open_session(found.key_id)
     session.permanent = False
     csrf_token()
     logger.info("dashboard sign-in by key %s", found.key_id)
@@ -168,7 +198,7 @@ def login():
 
 @page("/logout", methods=("POST",))
 def logout():
-    session.clear()
+    _end_session()
     return redirect(url_for("admin.login"))
 
 

@@ -32,4 +32,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # The same command as shared.localstack.api_command (tests/infra/test_entrypoints.py checks it).
 CMD ["python", "-m", "gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "8", \
-     "--worker-class", "gthread", "--graceful-timeout", "10", "--access-logfile", "-", "api.wsgi:app"]
+     "--worker-class", "api.gunicorn_worker.KilnWorker", "--graceful-timeout", "10", "--access-logfile", "-", "api.wsgi:app"]

@@ -87,6 +87,10 @@ def _to_validation_failed(exc: ValidationError) -> ValidationFailed:
     if kind == "extra_forbidden":
         allowed = ", ".join(JobRequest.model_fields)
         return ValidationFailed(f"unknown field {field!r}; allowed fields: {allowed}", field=field)
+    if kind == "string_too_short":  # the bound that was broken, not the other one
+        least = err.get("ctx", {}).get("min_length", 1)
+        told = "must not be empty" if least == 1 else f"must be at least {least} characters"
+        return ValidationFailed(f"{field} {told}", field=field)
     bounds = _bounds(field)
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
                 "string_too_short", "string_too_long"} and bounds:
