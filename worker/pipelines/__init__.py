@@ -8,6 +8,8 @@ from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
 from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.pipeline_utils import DiffusionPipeline
+from worker.pipelines.sd3 import StableDiffusion3Pipeline
+from worker.pipelines.sd3_img2img import StableDiffusion3Img2ImgPipeline
 from worker.pipelines.sdxl import StableDiffusionXLPipeline
 from worker.pipelines.stable_diffusion import Sampling, StableDiffusionPipeline
 
@@ -20,6 +22,8 @@ __all__ = [
     "FluxPipeline",
     "ImagePipelineOutput",
     "Sampling",
+    "StableDiffusion3Img2ImgPipeline",
+    "StableDiffusion3Pipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionPipeline",

@@ -114,11 +114,14 @@ class FlowMatchPipeline(DiffusionPipeline):
         raise NotImplementedError(f"{type(self).__name__} must define denoise_step")
 
     def denoise(self, latents: torch.Tensor, scheduler: Any, timesteps: torch.Tensor, cond: Conditioning,
-                sampling: FlowSampling) -> torch.Tensor:
-        """Integrate the flow over `timesteps` for one job; returns x_0 latents."""
+                sampling: FlowSampling, steps: int | None = None) -> torch.Tensor:
+        """Integrate the flow over `timesteps` for one job; returns x_0 latents.
+
+        `steps` is the step count step-dependent guidance measures against (default: the timesteps).
+        """
         step_kwargs = scheduler_step_kwargs(scheduler, sampling.generator, 0.0)
         for i, t in enumerate(timesteps):
-            velocity = self.denoise_step(latents, t, cond, sampling, i, len(timesteps))
+            velocity = self.denoise_step(latents, t, cond, sampling, i, steps or len(timesteps))
             latents = scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
             if sampling.after_step is not None:
                 latents = sampling.after_step(i, t, latents)

@@ -19,6 +19,8 @@ def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
     from worker.pipelines.flux_img2img import FluxImg2ImgPipeline, FluxInpaintPipeline
     from worker.pipelines.img2img import StableDiffusionImg2ImgPipeline
     from worker.pipelines.inpaint import StableDiffusionInpaintPipeline
+    from worker.pipelines.sd3 import StableDiffusion3Pipeline
+    from worker.pipelines.sd3_img2img import StableDiffusion3Img2ImgPipeline
     from worker.pipelines.sdxl import StableDiffusionXLPipeline
     from worker.pipelines.stable_diffusion import StableDiffusionPipeline
 
@@ -31,6 +33,8 @@ def pipeline_registry() -> dict[str, type[DiffusionPipeline]]:
         FluxPipeline,
         FluxImg2ImgPipeline,
         FluxInpaintPipeline,
+        StableDiffusion3Pipeline,
+        StableDiffusion3Img2ImgPipeline,
     )
     return {cls.__name__: cls for cls in classes}
 
