@@ -14,13 +14,12 @@ from worker.pipelines import DiffusionPipeline, FluxPipeline
 ARGS = dict(num_inference_steps=2, output_type="np", height=32, width=32, max_sequence_length=16)
 
 
-def kiln_from_pretrained(folder, ref, cls=DiffusionPipeline, **kwargs):
-    """Kiln's load of `folder`; until Kiln ships `FluxTransformer2DModel`, diffusers' transformer is passed in."""
-    import worker.models
-
-    if not hasattr(worker.models, "FluxTransformer2DModel"):
-        kwargs.setdefault("transformer", ref.transformer)
-    return cls.from_pretrained(folder, **kwargs)
+def kiln_from_pretrained(folder, cls=DiffusionPipeline, **kwargs):
+    """Kiln's load of `folder`, with Kiln's own transformer and VAE (never diffusers' modules)."""
+    pipe = cls.from_pretrained(folder, **kwargs)
+    assert type(pipe.transformer).__module__.startswith("worker.models")
+    assert type(pipe.vae).__module__.startswith("worker.models")
+    return pipe
 
 
 def _saved(tmp_path_factory, guidance_embeds: bool):
@@ -28,7 +27,7 @@ def _saved(tmp_path_factory, guidance_embeds: bool):
 
     folder = tiny_flow.save_tiny_flux(tmp_path_factory.mktemp("flux"), guidance_embeds)
     ref = diffusers.FluxPipeline.from_pretrained(folder)
-    return ref, kiln_from_pretrained(folder, ref), folder
+    return ref, kiln_from_pretrained(folder), folder
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +155,7 @@ def test_diffusers_loads_what_kiln_saved(flux, tmp_path):
     again = diffusers.FluxPipeline.from_pretrained(tmp_path)
     args = {**ARGS, "prompt": "a dog"}
     assert max_diff(again(generator=seeded(4), **args).images, ref(generator=seeded(4), **args).images) < MAX_PIXEL_DIFF
-    reloaded = kiln_from_pretrained(tmp_path, ref)
+    reloaded = kiln_from_pretrained(tmp_path)
     assert type(reloaded) is FluxPipeline and type(reloaded.tokenizer_2).__name__.startswith("T5Tokenizer")
 
 

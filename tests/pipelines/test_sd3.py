@@ -13,13 +13,12 @@ from worker.pipelines import DiffusionPipeline, StableDiffusion3Img2ImgPipeline,
 ARGS = dict(num_inference_steps=2, output_type="np", height=32, width=32, max_sequence_length=16)
 
 
-def kiln_from_pretrained(folder, ref, cls=DiffusionPipeline, **kwargs):
-    """Kiln's load of `folder`; until Kiln ships `SD3Transformer2DModel`, diffusers' transformer is passed in."""
-    import worker.models
-
-    if not hasattr(worker.models, "SD3Transformer2DModel"):
-        kwargs.setdefault("transformer", ref.transformer)
-    return cls.from_pretrained(folder, **kwargs)
+def kiln_from_pretrained(folder, cls=DiffusionPipeline, **kwargs):
+    """Kiln's load of `folder`, with Kiln's own transformer and VAE (never diffusers' modules)."""
+    pipe = cls.from_pretrained(folder, **kwargs)
+    assert type(pipe.transformer).__module__.startswith("worker.models")
+    assert type(pipe.vae).__module__.startswith("worker.models")
+    return pipe
 
 
 def _saved(tmp_path_factory, **options):
@@ -28,7 +27,7 @@ def _saved(tmp_path_factory, **options):
     folder = tiny_flow.save_tiny_sd3(tmp_path_factory.mktemp("sd3"), **options)
     no_t5 = {} if options.get("with_t5", True) else dict(text_encoder_3=None, tokenizer_3=None)
     ref = diffusers.StableDiffusion3Pipeline.from_pretrained(folder, **no_t5)  # diffusers needs the Nones passed
-    return ref, kiln_from_pretrained(folder, ref)
+    return ref, kiln_from_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -154,5 +153,5 @@ def test_diffusers_loads_what_kiln_saved(sd35_no_t5, tmp_path):
     assert again.text_encoder_3 is None
     args = {**ARGS, "prompt": "a dog"}
     assert max_diff(again(generator=seeded(4), **args).images, ref(generator=seeded(4), **args).images) < MAX_PIXEL_DIFF
-    reloaded = kiln_from_pretrained(tmp_path, ref, cls=StableDiffusion3Img2ImgPipeline)
+    reloaded = kiln_from_pretrained(tmp_path, cls=StableDiffusion3Img2ImgPipeline)
     assert type(reloaded) is StableDiffusion3Img2ImgPipeline and reloaded.text_encoder_3 is None
