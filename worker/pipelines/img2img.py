@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.images import ImageInput, preprocess_image
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
@@ -82,6 +83,7 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
         noise = randn_tensor(latents.shape, generator, self.device, dtype)
         return scheduler.add_noise(latents, noise, timestep)
 
+    @scaled_by("cross_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

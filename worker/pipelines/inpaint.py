@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.img2img import repeat_to_batch, strength_schedule
 from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
 from worker.pipelines.output import ImagePipelineOutput
@@ -118,6 +119,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         mask, masked = self.prepare_mask_latents(mask, masked, batch_size, height, width, generator, dtype)
         return InpaintLatents(x_t, noise, image_latents, mask, masked)
 
+    @scaled_by("cross_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt, as_prompt_list, encode_penultimate, negative_prompts, repeat_per_image
@@ -170,6 +171,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
             finally:
                 vae.to(dtype=torch.float16)
 
+    @scaled_by("cross_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

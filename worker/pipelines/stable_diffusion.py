@@ -30,6 +30,7 @@ from worker.pipelines.guidance import (
 )
 from worker.pipelines.images import check_output_type, postprocess
 from worker.pipelines.output import ImagePipelineOutput
+from worker.lora import LoraLoaderMixin, scaled_by
 from worker.pipelines.pipeline_utils import DiffusionPipeline
 from worker.pipelines.prompts import Prompt, as_prompt_list, encode_sd, negative_prompts, repeat_per_image
 from worker.schedulers import randn_tensor
@@ -89,7 +90,7 @@ class Sampling:
     after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
-class StableDiffusionPipeline(DiffusionPipeline):
+class StableDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
     """Text-to-image with a VAE, a CLIP text encoder and a `UNet2DConditionModel`."""
 
     optional_components = ("safety_checker", "feature_extractor", "image_encoder")
@@ -335,6 +336,7 @@ class StableDiffusionPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images) if return_dict else (images, None)
 
     # ------------------------------------------------------------------ text-to-image
+    @scaled_by("cross_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

@@ -1,0 +1,202 @@
+"""LoRA-aware `nn.Linear` and `nn.Conv2d` (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large
+Language Models"), batched per row as in Punica / S-LoRA (Chen et al. 2023; Sheng et al. 2023).
+
+For an adapter with down-projection A (r, in[, k, k]), up-projection B (out, r[, 1, 1]) and
+scaling α/r, a row x of the batch gets
+
+    y = W x + b + Σ_{a ∈ adapters(row)} weight_a · scale · (α_a / r_a) · B_a A_a x
+
+The base output W x + b is computed once for the whole batch; then, for each adapter, one grouped
+matmul over only the rows that use it (gather, A then B, scatter-add). Rows with no adapter add
+nothing. Which rows use which adapters comes from `worker.lora.routing` (per call); without a
+routing context every row uses the layer's own active set (`set_active`).
+
+The layers are subclasses of the layer they replace and share its Parameters, so state-dict keys,
+`isinstance` checks and attributes (`in_features`, `kernel_size`, ...) are unchanged; adapter
+tensors are non-persistent buffers (moved by `.to()`, never saved with the model).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.lora.errors import LoraError
+from worker.lora.routing import Group, current_rows, current_scale
+
+
+class LoraWeights(nn.Module):
+    """One adapter's tensors for one layer: down A (r, in[, k, k]), up B (out, r[, 1, 1]), α."""
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor, alpha: float | None = None):
+        super().__init__()
+        self.register_buffer("down", down, persistent=False)
+        self.register_buffer("up", up, persistent=False)
+        self.rank = int(down.shape[0])
+        self.alpha = float(self.rank if alpha is None else alpha)
+
+    @property
+    def scaling(self) -> float:
+        """α / r: PEFT's and kohya's normalisation of the low-rank product."""
+        return self.alpha / self.rank
+
+    def delta_weight(self) -> torch.Tensor:
+        """(α/r) · B A, shaped like the base weight (out, in[, k, k]), in float32."""
+        up, down = self.up.float().flatten(1), self.down.float()
+        return self.scaling * (up @ down.flatten(1)).view(up.shape[0], *down.shape[1:])
+
+
+class LoraLayerMixin:
+    """Adapter bookkeeping and the batched forward shared by `LoraLinear` and `LoraConv2d`."""
+
+    def _init_lora(self, base: nn.Module) -> None:
+        self.lora = nn.ModuleDict()  # adapter name -> LoraWeights
+        self.active: dict[str, float] = {}  # adapter name -> weight, used without a routing context
+        self.enabled = True
+        self.fused: dict[str, float] = {}  # adapter name -> factor fused into the weight
+        self.__dict__["_base_module"] = base  # not a submodule: returned by `unwrap`
+        self.__dict__["_original_weight"] = None
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(self, name: str, weights: LoraWeights) -> None:
+        expected = self._down_shape(weights.rank)
+        if tuple(weights.down.shape) != expected or tuple(weights.up.shape) != self._up_shape(weights.rank):
+            raise LoraError(
+                f"adapter {name!r}: lora_A {tuple(weights.down.shape)} / lora_B {tuple(weights.up.shape)} do not "
+                f"fit a layer with weight {tuple(self.weight.shape)} (expected {expected} / {self._up_shape(weights.rank)})"
+            )
+        self.lora[name] = weights.to(self.weight.device, self.weight.dtype)
+        self.active[name] = 1.0
+
+    def remove_adapter(self, name: str) -> None:
+        if name in self.fused:
+            raise LoraError(f"adapter {name!r} is fused into the weights; call unfuse_lora first")
+        self.active.pop(name, None)
+        if name in self.lora:
+            del self.lora[name]
+
+    def set_active(self, weights: dict[str, float]) -> None:
+        """Adapters (and weights) every row uses when no routing context is set; unknown names skipped."""
+        self.active = {name: float(w) for name, w in weights.items() if name in self.lora}
+
+    # ------------------------------------------------------------------ fusing
+    def fuse(self, factors: dict[str, float]) -> None:
+        """W ← W + Σ factor_a · (α/r) B_a A_a for the named adapters; the original W is kept for `unfuse`."""
+        if self._original_weight is None:
+            self.__dict__["_original_weight"] = self.weight.detach().clone()
+        with torch.no_grad():
+            for name, factor in factors.items():
+                if name in self.lora:
+                    delta = self.lora[name].delta_weight().to(self.weight.device) * factor
+                    self.weight.add_(delta.to(self.weight.dtype))
+                    self.fused[name] = factor
+
+    def unfuse(self) -> None:
+        """Restore the exact weight from before the first `fuse`."""
+        if self._original_weight is not None:
+            with torch.no_grad():
+                self.weight.copy_(self._original_weight)
+        self.__dict__["_original_weight"] = None
+        self.fused.clear()
+
+    def unwrap(self) -> nn.Module:
+        """The plain layer this one replaced, holding the current (possibly fused) Parameters."""
+        base = self._base_module
+        base.weight, base.bias = self.weight, self.bias
+        return base.train(self.training)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base_forward(x)
+        scale = current_scale()
+        for group in self._groups(x.shape[0], x.device):
+            out = self._add_group(out, x, group, scale)
+        return out
+
+    def _groups(self, batch: int, device: torch.device) -> list[Group]:
+        rows = current_rows()
+        if rows is not None:
+            if self.fused:
+                raise LoraError("per-row adapters cannot run on a model with fused LoRA weights; call unfuse_lora")
+            return [g for g in rows.groups(batch, device) if g.name in self.lora]
+        if not self.enabled or self.fused:  # as PEFT: once anything is fused, no adapter is added on top
+            return []
+        return [Group(name, None, weight) for name, weight in self.active.items()]
+
+    def _add_group(self, out: torch.Tensor, x: torch.Tensor, group: Group, scale: float) -> torch.Tensor:
+        """out[rows] += weight · scale · (α/r) · B A x[rows]  (rows None = the whole batch)."""
+        weights = self.lora[group.name]
+        xs = x if group.rows is None else x.index_select(0, group.rows)  # (n_a, ...)
+        delta = self._delta(xs.to(weights.down.dtype), weights)
+        if isinstance(group.weight, torch.Tensor):  # a weight per row: (n_a,) -> (n_a, 1, ..., 1)
+            factor = group.weight.to(delta.dtype).view(-1, *([1] * (delta.ndim - 1)))
+            delta = delta * (factor * (weights.scaling * scale))
+        else:
+            delta = delta * (weights.scaling * group.weight * scale)
+        delta = delta.to(out.dtype)
+        return out + delta if group.rows is None else out.index_add(0, group.rows, delta)
+
+
+class LoraLinear(LoraLayerMixin, nn.Linear):
+    """`nn.Linear` plus per-row LoRA deltas: x (N, ..., in) -> (N, ..., out)."""
+
+    @classmethod
+    def wrap(cls, base: nn.Linear) -> LoraLinear:
+        with torch.device("meta"):  # no new weights allocated: the base's Parameters are reused
+            layer = cls(base.in_features, base.out_features, bias=base.bias is not None)
+        layer.weight, layer.bias = base.weight, base.bias
+        layer._init_lora(base)
+        return layer.train(base.training)
+
+    def _down_shape(self, r: int) -> tuple[int, ...]:
+        return (r, self.in_features)
+
+    def _up_shape(self, r: int) -> tuple[int, ...]:
+        return (self.out_features, r)
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def _delta(self, x: torch.Tensor, weights: LoraWeights) -> torch.Tensor:
+        return F.linear(F.linear(x, weights.down), weights.up)
+
+
+class LoraConv2d(LoraLayerMixin, nn.Conv2d):
+    """`nn.Conv2d` plus per-row LoRA deltas: A is a conv with the base's kernel, stride and padding,
+    B a 1×1 conv (kohya LoCon / PEFT). x (N, C, H, W) -> (N, C', H', W')."""
+
+    @classmethod
+    def wrap(cls, base: nn.Conv2d) -> LoraConv2d:
+        if base.groups != 1:
+            raise LoraError(f"LoRA on grouped convolutions (groups={base.groups}) is not supported")
+        with torch.device("meta"):
+            layer = cls(base.in_channels, base.out_channels, base.kernel_size, base.stride, base.padding,
+                        base.dilation, base.groups, base.bias is not None, base.padding_mode)
+        layer.weight, layer.bias = base.weight, base.bias
+        layer._init_lora(base)
+        return layer.train(base.training)
+
+    def _down_shape(self, r: int) -> tuple[int, ...]:
+        return (r, self.in_channels, *self.kernel_size)
+
+    def _up_shape(self, r: int) -> tuple[int, ...]:
+        return (self.out_channels, r, 1, 1)
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _delta(self, x: torch.Tensor, weights: LoraWeights) -> torch.Tensor:
+        return F.conv2d(self._conv_forward(x, weights.down, None), weights.up)
+
+
+# Layer types LoRA can adapt -> their LoRA-aware replacement.
+LORA_LAYERS: dict[type[nn.Module], type[LoraLayerMixin]] = {nn.Linear: LoraLinear, nn.Conv2d: LoraConv2d}
+
+
+def lora_class_for(module: nn.Module) -> type[LoraLayerMixin] | None:
+    """The replacement class for `module` (exact type first, then subclasses), None if unsupported."""
+    if isinstance(module, LoraLayerMixin):
+        return type(module)
+    found = LORA_LAYERS.get(type(module))
+    return found or next((cls for base, cls in LORA_LAYERS.items() if isinstance(module, base)), None)
