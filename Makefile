@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch is pinned: 2.13.0 is the CPU build (an open range would pull a multi-GB CUDA build).
 TORCH := torch==2.13.0
 
-.PHONY: up setup test test-setup system-deps bundled-model bench clean images pin
+.PHONY: up setup test test-setup system-deps browser-deps bundled-model bench chaos clean images pin
 
 up: setup system-deps
 	$(PY) -m shared.localstack
@@ -20,7 +20,7 @@ $(VENV)/.kiln-installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
-test-setup: $(VENV)/.kiln-test-installed system-deps
+test-setup: $(VENV)/.kiln-test-installed system-deps browser-deps
 
 $(VENV)/.kiln-test-installed: $(VENV)/.kiln-installed
 	$(PY) -m pip install -q -e '.[test]'
@@ -32,6 +32,9 @@ system-deps:
 	  echo "installing redis-server"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+# Only the tests need a browser: `make up` never installs one.
+browser-deps:
 	@command -v chromium >/dev/null || { \
 	  echo "installing chromium (the dashboard's browser tests drive it; Playwright never downloads one)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
@@ -39,6 +42,11 @@ system-deps:
 
 test: test-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The chaos suite in full (worker/Redis/storage kills, a 1,000-job burst, a model-churn soak):
+# several minutes; CI runs its reduced form inside `make test`. Results: docs/reliability.md.
+chaos: test-setup
+	$(PY) -m tests.chaos.run --full
 
 bundled-model: setup
 	$(PY) -m worker.bundled

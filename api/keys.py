@@ -1,16 +1,30 @@
 """Manage API keys straight in Redis, without a running API — the bootstrap path for the first
 admin key:  `python -m api.keys create --role admin --name ops`  (prints the secret once),
-`python -m api.keys list`, `python -m api.keys revoke <key id>`. Reads `KILN_REDIS_URL`."""
+`python -m api.keys list`, `python -m api.keys revoke <key id>`. Writes to the Redis of
+`KILN_REDIS_URL` when set, else to the running local stack's (`make up` records it in
+`var/localstack.json`), else to the default; it says which on stderr."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from shared.auth import key_store
 from shared.errors import KilnError
-from shared.settings import get_settings
+from shared.localstack import read_state, state_path
+from shared.settings import Settings, get_settings, load_settings
+
+
+def target_settings() -> tuple[Settings, str]:
+    """The settings whose Redis the keys go to, and where that choice came from."""
+    if os.environ.get("KILN_REDIS_URL"):
+        return get_settings(), "KILN_REDIS_URL"
+    state = read_state()
+    if state is not None:
+        return load_settings(redis_url=state["redis_url"]), f"the running local stack, {state_path()}"
+    return get_settings(), "the default; no KILN_REDIS_URL and no running `make up`"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     revoke = sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
-    store = key_store(get_settings())
+    settings, source = target_settings()
+    print(f"api.keys: Redis {settings.redis_url} ({source})", file=sys.stderr)
+    store = key_store(settings)
     try:
         if args.command == "create":
             created = store.create(role=args.role, name=args.name, owner=args.owner)
