@@ -41,6 +41,12 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
+class LeaseLost(Exception):
+    """This worker's lease on the job expired (a long pause, Redis away longer than the TTL): the
+    job may run elsewhere, so this copy stops and writes nothing; a reaper requeues it if no one
+    took it over."""
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
@@ -84,9 +90,14 @@ class JobRunner:
         try:
             with LeaseKeeper(self.store, job.id, token, self.settings.lease_ttl_s) as lease:
                 status, outputs, error, timings = self._execute(job, token, lease)
+                if lease.lost.is_set():
+                    raise LeaseLost("the lease expired before the result was stored")
                 observe_job_finished(job, status, timings)
                 finished = self._retry(lambda: self.store.finish(job.id, token, status, outputs=outputs, error=error,
                                                                  timings=timings), "storing the job's result")
+        except LeaseLost as exc:
+            logger.warning("job %s abandoned here: %s; a reaper requeues it unless another worker has it", job.id, exc)
+            return "lease_lost"
         except InfrastructureUnavailable as exc:
             self._hand_back(job, token, refund_attempt=True, why=str(exc))
             raise
@@ -143,7 +154,7 @@ class JobRunner:
         except JobError as exc:
             logger.warning("job %s failed: %s", job.id, exc.message)
             return Status.FAILED, [], exc.to_dict(), timings
-        except (InfrastructureUnavailable, DeviceBroken):
+        except (InfrastructureUnavailable, DeviceBroken, LeaseLost):
             raise
         except Exception as exc:  # a pipeline bug must fail the job, not the worker
             _raise_if_not_the_jobs(exc)
@@ -193,7 +204,7 @@ class JobRunner:
 
         def on_step(step: int, total: int) -> None:
             if lease.lost.is_set():
-                raise JobError("this worker lost the job's lease; another worker took it over", code="lease_lost")
+                raise LeaseLost("this worker lost the job's lease")
             if time.monotonic() > deadline:
                 raise JobError(f"the job ran longer than {self.settings.job_timeout_s:g}s", code="timeout")
             now = time.monotonic()

@@ -78,8 +78,11 @@ class Storage:
 
 
 class Cache:
-    def get(self, name):
+    def acquire(self, name):
         return object()
+
+    def release(self, value):
+        pass
 
 
 @pytest.fixture
@@ -151,3 +154,20 @@ def test_hand_back_needs_the_lease_token(redis_url):
     assert not hand_back_job(store, "j2", "another", refund_attempt=True)
     assert hand_back_job(store, "j2", "token", refund_attempt=False)
     assert store.get("j2").status is Status.QUEUED and store.get("j2").attempts == 1
+
+
+def test_a_lost_lease_writes_nothing(redis_url, monkeypatch):
+    store = JobStore.from_url(redis_url)
+    settings = load_settings(redis_url=redis_url, lease_ttl_s=0.6, infra_retry_s=1.0)
+
+    def run(*_args, **_kwargs):  # the lease expires under us (Redis was away longer than its TTL)
+        store.redis.delete(store.lease_key("j3"))
+        time.sleep(0.5)
+        return image()
+
+    monkeypatch.setattr(runner_module, "run_params", run)
+    store.create("j3", "owner", PARAMS, "q")
+    runner = JobRunner(settings, store, Storage(), Catalog([SPEC]), Cache(), "w1")
+    assert runner.run("j3") == "lease_lost"
+    job = store.get("j3")
+    assert job.status is Status.RUNNING and job.error is None  # the reaper requeues it
