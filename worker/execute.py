@@ -116,7 +116,8 @@ def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
     Heun interleave extra timesteps, and image-to-image skips the first `1 - strength`."""
     probe = scheduler.clone()
     steps = params["steps"]
-    probe.set_timesteps(steps)
+    # A dynamically shifted flow schedule needs the resolution's μ; the step count does not depend on it.
+    probe.set_timesteps(steps, **({"mu": 1.0} if probe.config.get("use_dynamic_shifting") else {}))
     total = len(probe.timesteps)
     if params.get("strength") is not None and params["task"] in ("image-to-image", "inpaint"):
         kept = min(int(steps * params["strength"]), steps)
