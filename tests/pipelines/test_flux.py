@@ -224,3 +224,42 @@ def test_flux_image_pipelines_check_input(flux_image_pipes, rgb_image):
         img2img(prompt="a cat", image=rgb_image, strength=1.5, **ARGS)
     with pytest.raises(ValueError, match="leaves no step"):
         img2img(prompt="a cat", image=rgb_image, strength=0.0, **ARGS)
+
+
+# ---------------------------------------------------------------------------------- placement
+def test_model_cpu_offload_moves_each_model_only_while_it_runs(flux):
+    """Offload placement checked on the CPU: a spy records every move; the image is unchanged."""
+    ref, _, folder = flux
+    pipe = kiln_from_pretrained(folder)
+    moves = []
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            real_to = module.to
+            object.__setattr__(module, "to", lambda *a, _n=name, _to=real_to, **k: (moves.append(
+                (_n, str(a[0] if a else k.get("device")))), _to(*a, **k))[1])
+    pipe.enable_model_cpu_offload(device="cpu:0")  # "cpu:0" stands for the accelerator, "cpu" is home
+    assert pipe.device == torch.device("cpu:0") == pipe._execution_device
+    assert sorted(moves) == sorted((n, "cpu") for n in ("vae", "text_encoder", "text_encoder_2", "transformer"))
+    moves.clear()
+    args = {**ARGS, "prompt": "a red cat"}
+    got = pipe(generator=seeded(3), **args).images
+    # one model on the device at a time, in the order the stages use them; the previous one goes home
+    assert moves == [("text_encoder", "cpu:0"), ("text_encoder", "cpu"), ("text_encoder_2", "cpu:0"),
+                     ("text_encoder_2", "cpu"), ("transformer", "cpu:0"), ("transformer", "cpu"), ("vae", "cpu:0")]
+    assert pipe._offloader.active is pipe.vae
+    assert max_diff(got, ref(generator=seeded(3), **args).images) < MAX_PIXEL_DIFF
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs an accelerator"):
+            kiln_from_pretrained(folder).enable_model_cpu_offload()
+
+
+def test_text_encoders_in_another_dtype_than_the_transformer(flux):
+    """Text encoders may run elsewhere (here bfloat16): states arrive in the transformer's dtype."""
+    _, pipe, _ = flux
+    view = FluxPipeline(**{**pipe.components, "text_encoder": pipe.text_encoder.to(torch.bfloat16)})
+    try:
+        cond = view.encode_prompt("a cat", max_sequence_length=16)
+        assert cond.prompt_embeds.dtype == torch.float32 and cond.added["pooled_projections"].dtype == torch.float32
+        assert view(prompt="a cat", **ARGS).images.shape == (1, 32, 32, 3)
+    finally:
+        pipe.text_encoder.to(torch.float32)

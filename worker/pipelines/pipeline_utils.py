@@ -64,11 +64,29 @@ class DiffusionPipeline:
 
     @property
     def device(self) -> torch.device:
-        """Device of the first model component (CPU when there is none)."""
+        """Execution device: the offload target under `enable_model_cpu_offload`, else the device of
+        the first model component (CPU when there is none)."""
+        if getattr(self, "_offload_device", None) is not None:
+            return self._offload_device
         for module in self._modules():
             for tensor in module.parameters():
                 return tensor.device
         return torch.device("cpu")
+
+    @property
+    def _execution_device(self) -> torch.device:
+        """Diffusers' name for `device`."""
+        return self.device
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
+        """Keep model components on the CPU; each moves to `device` (default CUDA, index `gpu_id`) only
+        while it runs, the previous one going back (see `worker.pipelines.offload`)."""
+        from worker.pipelines.offload import ModelOffloader, execution_device
+
+        target = execution_device(gpu_id, device)
+        self._offloader = ModelOffloader(target)
+        self._offloader.attach(self._modules())
+        self._offload_device = target
 
     @property
     def dtype(self) -> torch.dtype:
