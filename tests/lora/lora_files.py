@@ -68,7 +68,7 @@ def save_kohya_lora(path: Path, ref, rank: int, seed: int, alpha: float, unet_na
     entries = [("lora_unet_", (unet_names or (lambda n: n)), random_lora(ref.unet, UNET_TARGETS, rank, seed))]
     for i, (component, prefix) in enumerate((text_prefixes or {}).items()):
         lora = random_lora(getattr(ref, component), text_targets, rank, seed + 10 + i)
-        entries.append((prefix, lambda n: f"text_model.{n}", lora))
+        entries.append((prefix, lambda n: n if n.startswith("text_model.") else f"text_model.{n}", lora))
     for prefix, rename, lora in entries:
         for name, (down, up) in lora.items():
             flat = prefix + rename(name).replace(".", "_")

@@ -1,0 +1,103 @@
+"""Mixed-adapter batches: each row of one batched call equals that row computed alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.lora.lora_files import TEXT_TARGETS, UNET_TARGETS, peft_layers, random_lora
+from worker.lora import LoraError, adapter_rows, lora_scale
+
+ROWS = [{"a": 1.0}, {}, {"b": 0.6, "c": 1.0}, {"a": 0.5, "b": 1.0, "c": -0.3}]
+
+
+@pytest.fixture(scope="module")
+def pipe(sd_folder):
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(sd_folder)
+    pipe.base_unet = DiffusionPipeline.from_pretrained(sd_folder).unet  # an untouched copy
+    for seed, name in enumerate("abc", start=1):
+        state = {f"unet.{k}": v for k, v in peft_layers(random_lora(pipe.unet, UNET_TARGETS, 2 + seed, seed)).items()}
+        text = peft_layers(random_lora(pipe.text_encoder, TEXT_TARGETS, 2, seed + 10))
+        state.update({f"text_encoder.{k}": v for k, v in text.items()})
+        pipe.load_lora_weights(state, adapter_name=name)
+    return pipe
+
+
+def unet_inputs(batch: int):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, 4, 16, 16, generator=g), torch.tensor([10, 500, 999, 300][:batch]),
+            torch.randn(batch, 77, 8, generator=g))
+
+
+@torch.no_grad()
+def run_unet(unet, x, t, text):
+    return unet(x, t, encoder_hidden_states=text).sample
+
+
+@torch.no_grad()
+def test_mixed_rows_equal_each_row_alone(pipe):
+    x, t, text = unet_inputs(4)
+    with adapter_rows(ROWS):
+        batched = run_unet(pipe.unet, x, t, text)
+    for i, row in enumerate(ROWS):
+        with adapter_rows([row]):
+            alone = run_unet(pipe.unet, x[i : i + 1], t[i : i + 1], text[i : i + 1])
+        assert (batched[i] - alone[0]).abs().max() <= 1e-5
+    base = run_unet(pipe.base_unet, x, t, text)
+    assert (batched[1] - base[1]).abs().max() <= 1e-5  # the no-adapter row is the base model
+    assert min((batched[i] - base[i]).abs().max() for i in (0, 2, 3)) > 1e-2  # the others are not
+
+
+@torch.no_grad()
+def test_guidance_copies_tile_the_rows(pipe):
+    x, t, text = unet_inputs(4)
+    with adapter_rows(ROWS):
+        once = run_unet(pipe.unet, x, t, text)
+        twice = run_unet(pipe.unet, torch.cat([x] * 2), torch.cat([t] * 2), torch.cat([text] * 2))
+    assert (twice[:4] - once).abs().max() <= 1e-5 and (twice[4:] - once).abs().max() <= 1e-5
+    with adapter_rows(ROWS[:3]), pytest.raises(LoraError, match="not a multiple"):
+        run_unet(pipe.unet, x, t, text)
+
+
+@torch.no_grad()
+def test_set_adapters_is_every_row_the_same_set(pipe):
+    x, t, text = unet_inputs(2)
+    pipe.set_adapters(["b", "c"], [0.6, 1.0])
+    try:
+        uniform = run_unet(pipe.unet, x, t, text)
+        with lora_scale(0.5):
+            halved = run_unet(pipe.unet, x, t, text)
+    finally:
+        pipe.set_adapters("a")
+    with adapter_rows([ROWS[2]]):
+        routed = run_unet(pipe.unet, x, t, text)
+    with adapter_rows([{"b": 0.3, "c": 0.5}]):
+        routed_half = run_unet(pipe.unet, x, t, text)
+    assert (uniform - routed).abs().max() <= 1e-5 and (halved - routed_half).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+def test_text_encoder_rows(pipe):
+    ids = pipe.tokenizer(["a red cat", "a blue dog", "a photo"], padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids
+    rows = [{"a": 1.0}, {}, {"c": 0.7}]
+    with adapter_rows(rows):
+        batched = pipe.text_encoder(ids)[0]
+    for i, row in enumerate(rows):
+        with adapter_rows([row]):
+            alone = pipe.text_encoder(ids[i : i + 1])[0]
+        assert (batched[i] - alone[0]).abs().max() <= 1e-5
+    assert (batched[0] - batched[1]).abs().max() > 0
+
+
+def test_routed_rows_refuse_fused_weights(pipe):
+    x, t, text = unet_inputs(2)
+    pipe.fuse_lora(components=["unet"])
+    try:
+        with adapter_rows([{"a": 1.0}, {}]), pytest.raises(LoraError, match="fused"):
+            run_unet(pipe.unet, x, t, text)
+    finally:
+        pipe.unfuse_lora()
+        pipe.set_adapters("a")
