@@ -263,3 +263,21 @@ def test_text_encoders_in_another_dtype_than_the_transformer(flux):
         assert view(prompt="a cat", **ARGS).images.shape == (1, 32, 32, 3)
     finally:
         pipe.text_encoder.to(torch.float32)
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_flux_with_flow_sigma_solvers_matches_diffusers(flux, name):
+    """Schedulers that make their own flow σ grid (`use_flow_sigmas`): FLUX's default σ are not passed."""
+    import diffusers
+
+    import worker.schedulers
+
+    ref, pipe, _ = flux
+    options = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    ref_swapped = diffusers.FluxPipeline(
+        **{**ref.components, "scheduler": getattr(diffusers, name).from_config(ref.scheduler.config, **options)})
+    ours = FluxPipeline(**{**pipe.components,
+                           "scheduler": getattr(worker.schedulers, name).from_config(pipe.scheduler.config, **options)})
+    args = {**ARGS, "prompt": "a cat", "num_inference_steps": 3}
+    assert max_diff(ours(generator=seeded(0), **args).images, ref_swapped(generator=seeded(0), **args).images) \
+        < MAX_PIXEL_DIFF
