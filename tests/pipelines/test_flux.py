@@ -281,3 +281,15 @@ def test_flux_with_flow_sigma_solvers_matches_diffusers(flux, name):
     args = {**ARGS, "prompt": "a cat", "num_inference_steps": 3}
     assert max_diff(ours(generator=seeded(0), **args).images, ref_swapped(generator=seeded(0), **args).images) \
         < MAX_PIXEL_DIFF
+
+
+def test_flux_image_pipelines_take_given_latents_as_diffusers_does(flux_image_pipes, rgb_image, mask_image):
+    """Image-to-image starts from given packed x_t; inpainting takes given spatial latents as its noise ε."""
+    ref_img, img2img, ref_inpaint, inpaint = flux_image_pipes
+    args = {**ARGS, "prompt": "a cat", "image": rgb_image, "strength": 0.5, "num_inference_steps": 4}
+    packed = torch.randn(1, 64, 64, generator=seeded(9))
+    assert max_diff(img2img(latents=packed, **args).images, ref_img(latents=packed, **args).images) < MAX_PIXEL_DIFF
+    spatial = torch.randn(1, 16, 16, 16, generator=seeded(9))
+    args = {**args, "mask_image": mask_image, "latents": spatial}
+    assert max_diff(inpaint(generator=seeded(2), **args).images, ref_inpaint(generator=seeded(2), **args).images) \
+        < MAX_PIXEL_DIFF
