@@ -199,24 +199,30 @@ def _for_component(weight: AdapterWeight, component: str) -> float:
 
 
 def scaled_by(argument: str) -> Callable:
-    """Decorate a pipeline `__call__` to take `argument` (a dict; only its "scale" is used) and run the
-    call under `lora_scale(scale)`: Diffusers' `cross_attention_kwargs={"scale": s}` (SD) or
-    `joint_attention_kwargs={"scale": s}` (FLUX), applied to every adapted layer, text encoders included."""
+    """Decorate a pipeline `__call__` to take `argument` (a dict) and run the call under
+    `lora_scale(argument["scale"])`: Diffusers' `cross_attention_kwargs={"scale": s}` (SD) or
+    `joint_attention_kwargs={"scale": s}` (FLUX, SD3), applied to every adapted layer, text encoders
+    included. Other keys go on to the call when it takes `argument` itself, else are an error."""
 
     def decorate(call: Callable) -> Callable:
+        signature = inspect.signature(call)
+        passes_on = argument in signature.parameters
+
         @functools.wraps(call)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            options = kwargs.pop(argument, None) or {}
-            unknown = set(options) - {"scale"}
-            if unknown:
-                raise ValueError(f"{argument}: Kiln supports only 'scale', got {sorted(unknown)}")
-            with lora_scale(options.get("scale")):
+            options = dict(kwargs.pop(argument, None) or {})
+            scale = options.pop("scale", None)
+            if passes_on:
+                kwargs[argument] = options or None
+            elif options:
+                raise ValueError(f"{argument}: Kiln supports only 'scale', got {sorted(options)}")
+            with lora_scale(scale):
                 return call(self, *args, **kwargs)
 
-        signature = inspect.signature(call)
-        extra = inspect.Parameter(argument, inspect.Parameter.KEYWORD_ONLY, default=None)
-        params = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-        wrapper.__signature__ = signature.replace(parameters=[*params, extra])
+        if not passes_on:
+            extra = inspect.Parameter(argument, inspect.Parameter.KEYWORD_ONLY, default=None)
+            params = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+            wrapper.__signature__ = signature.replace(parameters=[*params, extra])
         return wrapper
 
     return decorate

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from worker.lora import LoraLoaderMixin
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.flow import denormalize_latents, normalize_latents
 from worker.pipelines.guidance import GuidanceValue
@@ -65,7 +66,7 @@ def prompt_batches(prompt: Any, second: Any, negative: Any, negative_second: Any
     return prompts, seconds, negatives, negative_seconds
 
 
-class FlowMatchPipeline(DiffusionPipeline):
+class FlowMatchPipeline(LoraLoaderMixin, DiffusionPipeline):
     """Shared stages of the flow-matching transformer pipelines (not loadable by itself)."""
 
     callback_tensor_inputs: tuple[str, ...] = ("latents", "prompt_embeds")

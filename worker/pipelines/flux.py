@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.flow import (
     dynamic_shift_mu,
@@ -184,6 +185,7 @@ class FluxPipeline(FlowMatchPipeline):
         return self.encode_prompt(**encode_kwargs, guided=guided)
 
     # ------------------------------------------------------------------ text-to-image
+    @scaled_by("joint_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.flow import flow_strength_timesteps, noise_to, pack_latents
 from worker.pipelines.flux import FluxPipeline
 from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
@@ -90,6 +91,7 @@ class FluxImg2ImgPipeline(FluxPipeline):
         scheduler, kept = self.strength_schedule(num_inference_steps, (h // 2) * (w // 2), sigmas, strength)
         return cond, pixels, height, width, scheduler, kept
 
+    @scaled_by("joint_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,
@@ -165,6 +167,7 @@ class FluxInpaintPipeline(FluxImg2ImgPipeline):
             known = noise_to(scheduler, known, start.noise, next_timestep.reshape(1))
         return (1 - mask) * known + mask * latents
 
+    @scaled_by("joint_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

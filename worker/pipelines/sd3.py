@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.flow import dynamic_shift_mu, new_flow_scheduler
 from worker.pipelines.flow_pipeline import POOLED, FlowMatchPipeline, FlowSampling, prompt_batches
@@ -196,6 +197,7 @@ class StableDiffusion3Pipeline(FlowMatchPipeline):
         return self.encode_prompt(**encode_kwargs, guided=self.guided(guidance_scale))
 
     # ------------------------------------------------------------------ text-to-image
+    @scaled_by("joint_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

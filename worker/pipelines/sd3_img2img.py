@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import scaled_by
 from worker.pipelines.flow import flow_strength_timesteps, noise_to
 from worker.pipelines.flow_pipeline import FlowSampling
 from worker.pipelines.images import ImageInput, preprocess_image
@@ -45,6 +46,7 @@ class StableDiffusion3Img2ImgPipeline(StableDiffusion3Pipeline):
         steps = num_inference_steps if sigmas is None else len(scheduler.timesteps)
         return scheduler, flow_strength_timesteps(scheduler, steps, strength)
 
+    @scaled_by("joint_attention_kwargs")  # LoRA scale
     @torch.no_grad()
     def __call__(
         self,

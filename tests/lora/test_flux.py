@@ -1,0 +1,77 @@
+"""FLUX LoRA (transformer + CLIP text encoder, Diffusers layout) against diffusers + peft, and
+mixed-adapter rows through Kiln's FluxTransformer2DModel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.lora.lora_files import TEXT_TARGETS, peft_layers, random_lora
+from tests.pipelines.tiny import MAX_PIXEL_DIFF, max_diff, seeded
+from worker.lora import adapter_rows
+
+FLUX_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "to_add_out", "proj_mlp", "proj_out", "ff.net.2",
+                "ff_context.net.2")
+CALL = dict(prompt="a red cat", num_inference_steps=2, output_type="np", height=32, width=32, max_sequence_length=16)
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from tests.pipelines.tiny_flow import save_tiny_flux
+
+    return save_tiny_flux(tmp_path_factory.mktemp("flux"))
+
+
+def save_flux_lora(folder, ref, seed):
+    layers = {"transformer_lora_layers": peft_layers(random_lora(ref.transformer, FLUX_TARGETS, 2, seed, std=0.3)),
+              "text_encoder_lora_layers": peft_layers(random_lora(ref.text_encoder, TEXT_TARGETS, 2, seed + 1))}
+    type(ref).save_lora_weights(folder, **layers)
+    return folder
+
+
+def images(pipe, **kwargs):
+    return pipe(generator=seeded(0), **{**CALL, **kwargs}).images
+
+
+def test_flux_lora_matches_diffusers(flux_folder, tmp_path):
+    import diffusers
+
+    from worker.pipelines import DiffusionPipeline
+
+    ref, pipe = diffusers.FluxPipeline.from_pretrained(flux_folder), DiffusionPipeline.from_pretrained(flux_folder)
+    base = images(pipe)
+    files = {name: save_flux_lora(tmp_path / name, ref, seed=10 * i + 1) for i, name in enumerate("ab")}
+    for name, folder in files.items():
+        for p in (ref, pipe):
+            p.load_lora_weights(folder, adapter_name=name)
+    assert pipe.get_list_adapters() == {"transformer": ["a", "b"], "text_encoder": ["a", "b"]}
+    for p in (ref, pipe):
+        p.set_adapters(["a", "b"], [0.8, 0.5])
+    expected, got = images(ref, joint_attention_kwargs={"scale": 0.7}), images(pipe, joint_attention_kwargs={"scale": 0.7})
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF and max_diff(got, base) > 20 * MAX_PIXEL_DIFF
+
+
+@torch.no_grad()
+def test_flux_transformer_rows(flux_folder):
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(flux_folder)
+    model = pipe.transformer
+    for seed, name in enumerate("ab"):
+        pipe.load_lora_weights({f"transformer.{k}": v for k, v in
+                                peft_layers(random_lora(model, FLUX_TARGETS, 2, seed, std=0.3)).items()}, adapter_name=name)
+    g, cfg = torch.Generator().manual_seed(0), model.config
+    B, S, T = 3, 16, 8
+    inputs = dict(hidden_states=torch.randn(B, S, cfg.in_channels, generator=g),
+                  encoder_hidden_states=torch.randn(B, T, cfg.joint_attention_dim, generator=g),
+                  pooled_projections=torch.randn(B, cfg.pooled_projection_dim, generator=g),
+                  timestep=torch.tensor([0.2, 0.5, 0.9]), guidance=torch.full((B,), 3.5),
+                  txt_ids=torch.zeros(T, 3), img_ids=torch.zeros(S, 3), return_dict=False)
+    rows = [{"a": 1.0}, {}, {"a": 0.3, "b": 0.9}]
+    with adapter_rows(rows):
+        batched = model(**inputs)[0]
+    for i, row in enumerate(rows):
+        one = {k: v[i : i + 1] if k not in ("txt_ids", "img_ids", "return_dict") else v for k, v in inputs.items()}
+        with adapter_rows([row]):
+            alone = model(**one)[0]
+        assert (batched[i] - alone[0]).abs().max() <= 1e-5
