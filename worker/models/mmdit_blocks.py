@@ -61,13 +61,13 @@ class JointTransformerBlock(nn.Module):
         else:
             c_attn, *c_mod = self.norm1_context(c, temb)
         attn_x, attn_c = self.attn(x_mod[0], c_attn, rope)
-        x = x + x_mod[1][:, None] * attn_x
+        x = torch.addcmul(x, x_mod[1][:, None], attn_x)  # x + gate * attn
         if self.attn2 is not None:
-            x = x + x_mod[6][:, None] * self.attn2(x_mod[5])[0]
+            x = torch.addcmul(x, x_mod[6][:, None], self.attn2(x_mod[5])[0])
         x = self._mlp(x, self.norm2, self.ff, *x_mod[2:5])
         if c_mod is None:
             return None, x
-        c = c + c_mod[0][:, None] * attn_c
+        c = torch.addcmul(c, c_mod[0][:, None], attn_c)
         c = clip_fp16(self._mlp(c, self.norm2_context, self.ff_context, *c_mod[1:4]))
         return c, x
 
@@ -75,7 +75,7 @@ class JointTransformerBlock(nn.Module):
     def _mlp(x: torch.Tensor, norm: nn.Module, ff: nn.Module, shift: torch.Tensor, scale: torch.Tensor,
              gate: torch.Tensor) -> torch.Tensor:
         """x + gate * ff(modulate(norm(x), shift, scale))."""
-        return x + gate[:, None] * ff(modulate(norm(x), shift, scale))
+        return torch.addcmul(x, gate[:, None], ff(modulate(norm(x), shift, scale)))
 
 
 class SingleTransformerBlock(nn.Module):
@@ -100,5 +100,5 @@ class SingleTransformerBlock(nn.Module):
         h, gate = self.norm(joint, temb)
         mlp = self.act_mlp(self.proj_mlp(h))
         attn, _ = self.attn(h, rope=rope)
-        joint = clip_fp16(joint + gate[:, None] * self.proj_out(torch.cat([attn, mlp], dim=2)))
+        joint = clip_fp16(torch.addcmul(joint, gate[:, None], self.proj_out(torch.cat([attn, mlp], dim=2))))
         return joint[:, :M], joint[:, M:]
