@@ -47,6 +47,8 @@ CASES = {
     "true-cfg": dict(prompt="a red cat", negative_prompt="ugly", negative_prompt_2="blurry", true_cfg_scale=4.0),
     "batch-non-square": dict(prompt=["a cat", "a dog"], num_images_per_prompt=2, height=48, width=32),
     "custom-sigmas": dict(prompt="a cat", sigmas=[1.0, 0.6, 0.3], num_inference_steps=3),
+    "t5-truncated": dict(prompt="a photo of the red cat painting", max_sequence_length=4),
+    "generator-list": dict(prompt="a dog", num_images_per_prompt=2, generator=lambda: [seeded(1), seeded(2)]),
 }
 
 
@@ -55,8 +57,9 @@ def test_flux_matches_diffusers(flux, kwargs):
     ref, pipe, _ = flux
     assert type(pipe) is FluxPipeline
     args = {**ARGS, **kwargs}
-    expected = ref(generator=seeded(3), **args).images
-    got = pipe(generator=seeded(3), **args).images
+    generator = args.pop("generator", lambda: seeded(3))
+    expected = ref(generator=generator(), **args).images
+    got = pipe(generator=generator(), **args).images
     assert got.shape == expected.shape
     assert max_diff(got, expected) < MAX_PIXEL_DIFF
 

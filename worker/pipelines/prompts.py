@@ -48,7 +48,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None) ->
     if full.shape[-1] > tokens.input_ids.shape[-1]:
         with _TOKENIZER_LOCK:
             dropped = tokenizer.batch_decode(full[:, max_length - 1 : -1])
-        logger.warning("prompt truncated to %d CLIP tokens; dropped: %s", max_length, dropped)
+        logger.warning("prompt truncated to %d tokens; dropped: %s", max_length, dropped)
     return tokens
 
 
