@@ -296,3 +296,9 @@ def test_flux_image_pipelines_take_given_latents_as_diffusers_does(flux_image_pi
     args = {**args, "mask_image": mask_image, "latents": spatial}
     assert max_diff(inpaint(generator=seeded(2), **args).images, ref_inpaint(generator=seeded(2), **args).images) \
         < MAX_PIXEL_DIFF
+
+
+@pytest.mark.parametrize("task, name", [("image-to-image", "FluxImg2ImgPipeline"), ("inpaint", "FluxInpaintPipeline")])
+def test_from_pretrained_picks_the_class_model_index_names(tmp_path, task, name):
+    tiny_flow.tiny_flux_pipeline(task=task).save_pretrained(tmp_path)
+    assert type(kiln_from_pretrained(tmp_path)).__name__ == name
