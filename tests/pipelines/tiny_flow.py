@@ -152,7 +152,8 @@ def sd3_components(sd35: bool = False, with_t5: bool = True) -> dict:
     return dict(
         scheduler=sd3_scheduler(), vae=tiny_flow_vae(shift_factor=0.0609, scaling_factor=1.5305),
         text_encoder=tiny_text_encoder(hidden=CLIP_DIM, projection_dim=CLIP_DIM, seed=1), tokenizer=tiny_tokenizer(),
-        text_encoder_2=tiny_text_encoder(hidden=CLIP_DIM, projection_dim=CLIP_DIM, seed=2), tokenizer_2=tiny_tokenizer(),
+        text_encoder_2=tiny_text_encoder(hidden=CLIP_DIM, projection_dim=CLIP_DIM, seed=2),
+        tokenizer_2=tiny_tokenizer(),
         text_encoder_3=tiny_t5_encoder() if with_t5 else None, tokenizer_3=tiny_t5_tokenizer() if with_t5 else None,
         transformer=tiny_sd3_transformer(sd35),
     )

@@ -24,7 +24,7 @@ from worker.pipelines.images import postprocess
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.pipeline_utils import DiffusionPipeline
 from worker.pipelines.prompts import as_prompt_list, negative_prompts
-from worker.pipelines.stable_diffusion import Generator, StepCallback, scheduler_step_kwargs
+from worker.pipelines.stable_diffusion import Generator, StableDiffusionPipeline, StepCallback, scheduler_step_kwargs
 
 POOLED = "pooled_projections"
 
@@ -100,19 +100,14 @@ class FlowMatchPipeline(LoraLoaderMixin, DiffusionPipeline):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
         return len(as_prompt_list(prompt)) if prompt is not None else prompt_embeds.shape[0]
 
-    def check_callback_inputs(self, names: Sequence[str]) -> None:
-        unknown = [n for n in names if n not in self.callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from "
-                f"{list(self.callback_tensor_inputs)}"
-            )
+    # the same check as SD's, against this class's `callback_tensor_inputs`
+    check_callback_inputs = StableDiffusionPipeline.check_callback_inputs
 
     # ------------------------------------------------------------------ the loop
     def denoise_step(self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
                      sampling: FlowSampling, step: int = 0, steps: int = 1) -> torch.Tensor:
-        """One guided velocity prediction for the batch (defined by each family)."""
-        raise NotImplementedError(f"{type(self).__name__} must define denoise_step")
+        """One guided velocity prediction for the batch: each family calls its transformer its way."""
+        raise TypeError(f"{type(self).__name__} is a FlowMatchPipeline without a denoise_step of its own")
 
     def denoise(self, latents: torch.Tensor, scheduler: Any, timesteps: torch.Tensor, cond: Conditioning,
                 sampling: FlowSampling, steps: int | None = None) -> torch.Tensor:
