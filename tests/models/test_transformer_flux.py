@@ -157,12 +157,12 @@ def test_full_width_flux_matches_diffusers():
     assert rel_err(_run(ours, inputs), _run(reference, inputs)) < 1e-4
 
 
-def _random_checkpoint(folder: Path, config: dict, dtype: torch.dtype) -> None:
-    """Config + one safetensors file of random weights, written without building a model in memory."""
+def _write_checkpoint(folder: Path, config: dict, dtype: torch.dtype) -> None:
+    """Config + one safetensors file of constant weights, written without building a model in memory."""
     with torch.device("meta"):
         model = FluxTransformer2DModel(**config)
     model.save_config(folder)
-    tensors = {key: torch.randn(t.shape, dtype=dtype) * 0.02 for key, t in model.state_dict().items()}
+    tensors = {key: torch.full(t.shape, 0.01, dtype=dtype) for key, t in model.state_dict().items()}  # values unused
     save_file(tensors, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
 
 
@@ -186,8 +186,9 @@ def peak_memory_probe(folder: str, dtype: str) -> None:
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
 def test_loading_peak_memory_is_about_one_copy_of_the_weights(tmp_path):
     # Full width, one single-stream block: ~206 M parameters, ~412 MB in bf16.
-    _random_checkpoint(tmp_path, dict(FULL_WIDTH, num_layers=0), torch.bfloat16)
-    code = f"from tests.models.test_transformer_flux import peak_memory_probe; peak_memory_probe({str(tmp_path)!r}, 'bfloat16')"
+    _write_checkpoint(tmp_path, dict(FULL_WIDTH, num_layers=0), torch.bfloat16)
+    code = ("from tests.models.test_transformer_flux import peak_memory_probe; "
+            f"peak_memory_probe({str(tmp_path)!r}, 'bfloat16')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     result = json.loads(out.stdout.strip().splitlines()[-1])

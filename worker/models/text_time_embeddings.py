@@ -49,7 +49,8 @@ class CombinedTimestepTextProjEmbeddings(nn.Module):
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         if (guidance is None) != (self.guidance_embedder is None):
             raise ValueError("guidance must be given exactly when the model has guidance_embeds "
-                             f"(guidance_embeds={self.guidance_embedder is not None}, guidance given={guidance is not None})")
+                             f"(guidance_embeds={self.guidance_embedder is not None}, "
+                             f"guidance given={guidance is not None})")
         emb = self._embed(self.timestep_embedder, timestep, pooled_projection)
         if guidance is not None:
             emb = emb + self._embed(self.guidance_embedder, guidance, pooled_projection)

@@ -11,7 +11,6 @@ both may hold one value per row so rows of different jobs share a call.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Sequence
 
@@ -24,12 +23,8 @@ from worker.models.modeling import ModelMixin
 from worker.models.normalization import AdaLayerNormContinuous
 from worker.models.rope import RotaryPosEmbed
 from worker.models.text_time_embeddings import CombinedTimestepTextProjEmbeddings
+from worker.models.transformer_inputs import check_joint_attention_kwargs, require_inputs
 from worker.models.transformer_outputs import Transformer2DModelOutput
-
-logger = logging.getLogger(__name__)
-
-# joint_attention_kwargs keys this runtime understands (LoRA scale 1.0 is the identity).
-_NEUTRAL_ATTENTION_KWARGS = {"scale": 1.0}
 
 
 class FluxTransformer2DModel(ModelMixin):
@@ -99,11 +94,9 @@ class FluxTransformer2DModel(ModelMixin):
             controlnet_block_samples, controlnet_single_block_samples: residuals added after the blocks.
             controlnet_blocks_repeat: cycle through the double-block residuals (XLabs ControlNets).
         """
-        _check_attention_kwargs(joint_attention_kwargs)
-        for name, value in (("encoder_hidden_states", encoder_hidden_states), ("pooled_projections", pooled_projections),
-                            ("timestep", timestep), ("img_ids", img_ids), ("txt_ids", txt_ids)):
-            if value is None:
-                raise ValueError(f"FluxTransformer2DModel.forward needs {name}")
+        check_joint_attention_kwargs(joint_attention_kwargs)
+        require_inputs("FluxTransformer2DModel", encoder_hidden_states=encoder_hidden_states,
+                       pooled_projections=pooled_projections, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids)
         x = self.x_embedder(hidden_states)  # (B, N, D)
         temb = self._conditioning(x.dtype, timestep, guidance, pooled_projections)  # (B, D)
         c = self.context_embedder(encoder_hidden_states)  # (B, M, D)
@@ -144,10 +137,3 @@ def _add_control(x: torch.Tensor, samples: Sequence[torch.Tensor] | None, index:
     if repeat:
         return x + samples[index % len(samples)]
     return x + samples[index // math.ceil(num_blocks / len(samples))]
-
-
-def _check_attention_kwargs(kwargs: dict[str, Any] | None) -> None:
-    unsupported = {k: v for k, v in (kwargs or {}).items() if _NEUTRAL_ATTENTION_KWARGS.get(k, object()) != v}
-    if unsupported:
-        raise ValueError(f"joint_attention_kwargs {sorted(unsupported)} are not supported by Kiln's transformers "
-                         f"(accepted: {_NEUTRAL_ATTENTION_KWARGS})")

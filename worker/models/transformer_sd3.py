@@ -20,7 +20,7 @@ from worker.models.modeling import ModelMixin
 from worker.models.normalization import AdaLayerNormContinuous
 from worker.models.patch_embed import PatchEmbed
 from worker.models.text_time_embeddings import CombinedTimestepTextProjEmbeddings
-from worker.models.transformer_flux import _check_attention_kwargs
+from worker.models.transformer_inputs import check_joint_attention_kwargs, require_inputs
 from worker.models.transformer_outputs import Transformer2DModelOutput
 
 QK_NORMS = {None: False, "rms_norm": True}
@@ -86,12 +86,10 @@ class SD3Transformer2DModel(ModelMixin):
             joint_attention_kwargs: only a LoRA `scale` of 1.0 is accepted (adapters are not supported yet).
             skip_layers: indices of blocks to skip (skip-layer guidance).
         """
-        _check_attention_kwargs(joint_attention_kwargs)
-        for name, value in (("encoder_hidden_states", encoder_hidden_states), ("pooled_projections", pooled_projections),
-                            ("timestep", timestep)):
-            if value is None:
-                raise ValueError(f"SD3Transformer2DModel.forward needs {name}")
-        B, _, H, W = hidden_states.shape
+        check_joint_attention_kwargs(joint_attention_kwargs)
+        require_inputs("SD3Transformer2DModel", encoder_hidden_states=encoder_hidden_states,
+                       pooled_projections=pooled_projections, timestep=timestep)
+        H, W = hidden_states.shape[-2:]
         x = self.pos_embed(hidden_states)  # (B, h * w, D)
         temb = self.time_text_embed(timestep, pooled_projections)  # (B, D)
         c = self.context_embedder(encoder_hidden_states)  # (B, M, D)
