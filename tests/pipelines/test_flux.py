@@ -302,3 +302,26 @@ def test_flux_image_pipelines_take_given_latents_as_diffusers_does(flux_image_pi
 def test_from_pretrained_picks_the_class_model_index_names(tmp_path, task, name):
     tiny_flow.tiny_flux_pipeline(task=task).save_pretrained(tmp_path)
     assert type(kiln_from_pretrained(tmp_path)).__name__ == name
+
+
+def test_flux_denoise_step_batches_jobs_with_their_own_timesteps_and_guidance(flux):
+    """The step batcher's contract: rows of several jobs in one call give each job its own result."""
+    from worker.pipelines import Conditioning
+    from worker.pipelines.flow_pipeline import FlowSampling
+
+    _, pipe, _ = flux
+    a = pipe.encode_prompt("a cat", max_sequence_length=16, negative_prompt="ugly", guided=True)
+    b = pipe.encode_prompt("a blue dog", max_sequence_length=16, guided=False).as_guided()
+    latents = torch.randn(2, 64, 64, generator=seeded(0))
+    t, guidance, cfg = torch.tensor([900.0, 300.0]), torch.tensor([3.5, 5.0]), torch.tensor([4.0, 1.0])
+    base = pipe.sampling(latents, a, 32, 32, 0.0, 1.0, None, None, None, ("latents",)).model_kwargs
+
+    def sampling(rows):
+        return FlowSampling(cfg[rows], guidance[rows], model_kwargs=base)
+
+    both = pipe.denoise_step(latents, t, Conditioning.cat([a, b]), sampling([0, 1]))
+    alone = [pipe.denoise_step(latents[i : i + 1], t[i], c, sampling([i])) for i, c in enumerate((a, b))]
+    assert torch.allclose(both, torch.cat(alone), atol=1e-5)
+    unguided = pipe.denoise_step(latents[1:], t[1], pipe.encode_prompt("a blue dog", max_sequence_length=16),
+                                 sampling([1]))
+    assert torch.allclose(alone[1], unguided, atol=1e-5)
