@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from worker.batching import BatchedDecoder, BatchedModule, BatchedTransformer, Session, StepBatcher
+from worker.lora.serving import job_loras
 from worker.schedulers import build_scheduler
 
 # Called after every denoising step with (step, total); may raise to stop the job.
@@ -43,6 +44,10 @@ FAMILY_KWARGS: dict[str, dict[str, str]] = {
     "flux": {"true_cfg_scale": "true_cfg_scale", "max_sequence_length": "max_sequence_length"},
     "sd3": {"max_sequence_length": "max_sequence_length"},
 }
+
+# Families whose image-to-image and inpaint pipelines take `width`/`height` (defaulting to the
+# model's native size, not the input's); the UNet families' take the input image's size.
+SIZED_IMAGE_FAMILIES = frozenset({"flux", "sd3"})
 
 
 def denoiser_name(pipeline: Any) -> str:
@@ -127,7 +132,7 @@ def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
 
 def call_kwargs(params: dict[str, Any], family: str = "sd") -> dict[str, Any]:
     """The pipeline call's arguments for a job's parameters (the generator is added later).
-    Image tasks take their size from the input image, which `fit_inputs` resized to the job's."""
+    Image tasks run at the input image's size, which `fit_inputs` made the job's."""
     kwargs: dict[str, Any] = {"num_inference_steps": params["steps"], "output_type": "pil"}
     if params["task"] == "unconditional":
         kwargs["batch_size"] = params["num_images"]
@@ -141,9 +146,9 @@ def call_kwargs(params: dict[str, Any], family: str = "sd") -> dict[str, Any]:
     for param, argument in FAMILY_KWARGS.get(family, {}).items():
         if params.get(param) is not None:
             kwargs[argument] = params[param]
-    if params["task"] == "text-to-image":
+    if params["task"] == "text-to-image" or family in SIZED_IMAGE_FAMILIES:
         kwargs.update(width=params["width"], height=params["height"])
-    else:
+    if params["task"] != "text-to-image":
         kwargs["strength"] = params["strength"]
     return kwargs
 
@@ -159,10 +164,12 @@ def fit_inputs(inputs: dict[str, Image.Image], params: dict[str, Any]) -> dict[s
 
 def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step: StepHook,
                inputs: dict[str, Image.Image] | None = None,
-               on_preview: Callable[[int, torch.Tensor], None] | None = None) -> list[Image.Image]:
+               on_preview: Callable[[int, torch.Tensor], None] | None = None,
+               catalog: Any = None) -> list[Image.Image]:
     """Run a job in the model's shared batch. The generator is seeded on the CPU so a seed
     gives the same image on every device. `on_preview(step, latents)` runs every
-    `params["preview_every"]` steps (not after the last: the result follows)."""
+    `params["preview_every"]` steps (not after the last: the result follows). A job with
+    `params["loras"]` needs the `catalog` that names their files."""
     every = params.get("preview_every") or 0
     decoding = loaded.decoder.session() if loaded.decoder is not None else contextlib.nullcontext()
     with loaded.batcher.session() as session, decoding as decode_session:
@@ -180,5 +187,5 @@ def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step
 
         kwargs = call_kwargs(params, family) | fit_inputs(inputs or {}, params)
         generator = torch.Generator("cpu").manual_seed(params["seed"])
-        with torch.inference_mode():
+        with torch.inference_mode(), job_loras(loaded.pipeline, params, catalog, session):
             return list(pipe(**kwargs, generator=generator, callback_on_step_end=callback).images)
