@@ -157,3 +157,20 @@ def test_diffusers_loads_what_kiln_saved(sd35_no_t5, tmp_path):
     assert max_diff(again(generator=seeded(4), **args).images, ref(generator=seeded(4), **args).images) < MAX_PIXEL_DIFF
     reloaded = kiln_from_pretrained(tmp_path, cls=StableDiffusion3Img2ImgPipeline)
     assert type(reloaded) is StableDiffusion3Img2ImgPipeline and reloaded.text_encoder_3 is None
+
+
+@pytest.mark.parametrize("mu", [None, 0.8], ids=["mu-from-size", "mu-given"])
+def test_sd3_dynamic_shifting_matches_diffusers(sd3, mu):
+    import diffusers
+
+    import worker.schedulers
+
+    ref, pipe = sd3
+    config = dict(tiny_flow.flux_scheduler().config)
+    ref_dyn = diffusers.StableDiffusion3Pipeline(
+        **{**ref.components, "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)})
+    ours = StableDiffusion3Pipeline(
+        **{**pipe.components, "scheduler": worker.schedulers.FlowMatchEulerDiscreteScheduler.from_config(config)})
+    args = {**ARGS, "prompt": "a cat", "mu": mu, "height": 48}
+    assert max_diff(ours(generator=seeded(5), **args).images, ref_dyn(generator=seeded(5), **args).images) \
+        < MAX_PIXEL_DIFF
