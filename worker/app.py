@@ -32,7 +32,7 @@ from shared.metrics import bind_pipeline_cache, describe_worker
 from shared.settings import Settings, get_settings
 from shared.workers import WorkerRegistry, WorkerStatus
 from worker.device import Placement, choose_placement
-from worker.execute import LoadedModel, load_model
+from worker.execute import LoadedModel, call_cost_cap, load_model
 from worker.faults import DeviceBroken, InfrastructureUnavailable
 from worker.heartbeat import Heartbeat, base_status
 from worker.metrics import MetricsServer, bind_device_memory, redis_health, start_metrics_server
@@ -116,7 +116,9 @@ class WorkerProcess:
         spec = self.catalog.get(name)
         pipe = DiffusionPipeline.from_pretrained(spec.source, torch_dtype=self.placement.dtype,
                                                  revision=spec.revision, variant=spec.variant)
-        return load_model(name, pipe.to(self.placement.device), self.settings.max_batch_rows)
+        rows = self.settings.max_batch_rows
+        cap = call_cost_cap(pipe, rows, (spec.default_width, spec.default_height))  # no call outgrows a full batch
+        return load_model(name, pipe.to(self.placement.device), rows, max_call_cost=cap)
 
     def start_metrics(self) -> None:
         """Serve /metrics, /livez and /healthz on KILN_METRICS_PORT from process start."""

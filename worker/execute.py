@@ -82,7 +82,26 @@ class LoadedModel:
         self.pipeline = None
 
 
+def call_cost_cap(pipeline: Any, max_rows: int, size: tuple[int, int]) -> int:
+    """The most latent elements one batched call may carry: `max_rows` rows of a `size` (w, h)
+    image. A request bigger than that runs alone, so a call never takes much longer than a full
+    batch of default-size jobs.
+
+    A row's elements are C × (w / s) × (h / s): s the VAE's downscale (1 in pixel space), C the
+    latent channels, or a UNet's input channels where more (inpainting's 9). FLUX's packed
+    (tokens, 64) rows hold the same count as their (16, h/s, w/s) latents.
+    """
+    vae, denoiser = getattr(pipeline, "vae", None), getattr(pipeline, denoiser_name(pipeline))
+    scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    channels = vae.config.latent_channels if vae is not None else denoiser.config.in_channels
+    if denoiser_name(pipeline) == "unet":
+        channels = max(channels, denoiser.config.in_channels)
+    width, height = size
+    return max_rows * channels * (width // scale) * (height // scale)
+
+
 def load_model(name: str, pipeline: Any, max_rows: int, max_call_cost: int | None = None) -> LoadedModel:
+    """The cache's value for a pipeline: its batchers started (`max_call_cost`: see `call_cost_cap`)."""
     decoder = None
     vae = getattr(pipeline, "vae", None)
     # An fp16 SDXL VAE upcasts itself around each decode (under the pipeline's own lock): it

@@ -11,7 +11,7 @@ import torch
 
 from tests.pipelines import tiny_flow
 from worker.batching import BatchedTransformer, StepBatcher, StepRequest
-from worker.execute import denoiser_name, load_model, pipeline_for_task
+from worker.execute import call_cost_cap, denoiser_name, load_model, pipeline_for_task
 from worker.pipelines import DiffusionPipeline
 from worker.schedulers import FlowMatchEulerDiscreteScheduler
 
@@ -122,3 +122,12 @@ def test_cheap_groups_run_first_and_the_call_cost_is_capped():
     assert [sum(r.rows for r in g) for g in groups] == [1, 2, 1]  # cap: 2 small rows a call; cheapest first
     assert groups[-1] == [big]  # the oversized job's call runs after the cheap ones
     batcher.close()
+
+
+def test_call_cost_cap_is_a_full_batch_of_default_size_rows(flux):
+    cap = call_cost_cap(flux, max_rows=4, size=(32, 32))
+    assert cap == 4 * 16 * 16 * 16  # 16 latent channels, 32 / 2 latent side
+    loaded = load_model("flux", flux, max_rows=4, max_call_cost=cap)
+    packed = torch.zeros(1, (32 // 4) ** 2, 64)  # one 32×32 image: 64 tokens of 64 = 16 × 16 × 16
+    assert StepRequest(packed, torch.ones(1), {}).cost * 4 == cap
+    loaded.close()
