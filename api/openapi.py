@@ -17,7 +17,7 @@ from shared.jobs.schema import JobRequest
 REF = "#/components/schemas/{model}"
 MODELS = [JobRequest, schemas.KeyCreate, schemas.ErrorResponse, schemas.JobView, schemas.JobList,
           schemas.KeyView, schemas.KeyCreated, schemas.KeyList, schemas.Me, schemas.Health,
-          schemas.ModelList, schemas.ModelView, schemas.SchedulerList]
+          schemas.ModelList, schemas.ModelView, schemas.SchedulerList, schemas.LoraList]
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -59,6 +59,7 @@ OPERATIONS: list[tuple] = [
      [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}], None,
      {"200": "ModelView"}, False),
     ("get", "/v1/schedulers", "listSchedulers", "Schedulers", [], None, {"200": "SchedulerList"}, False),
+    ("get", "/v1/loras", "listLoras", "LoRA adapters jobs may apply", [], None, {"200": "LoraList"}, False),
     ("get", "/v1/me", "me", "The calling key", [], None, {"200": "Me"}, False),
     ("post", "/v1/keys", "createKey", "Create an API key (admin)", [], "KeyCreate", {"201": "KeyCreated"}, False),
     ("get", "/v1/keys", "listKeys", "List API keys (admin)", [], None, {"200": "KeyList"}, False),

@@ -143,6 +143,16 @@ class ModelList(BaseModel):
     schedulers: list[str]
 
 
+class LoraView(BaseModel):
+    name: str
+    base: str = Field(description="the model name or family the adapter is for")
+    description: str
+
+
+class LoraList(BaseModel):
+    loras: list[LoraView]
+
+
 class SchedulerView(BaseModel):
     name: str
     class_: str = Field(alias="class")

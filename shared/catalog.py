@@ -4,7 +4,11 @@ Read by the API (validation, `GET /v1/models`) and by workers (loading). A JSON 
 `KILN_MODELS_FILE` replaces the built-in catalog, which serves the bundled model:
 
     {"models": [{"name": "sd15", "source": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                 "family": "sd", "default_width": 512, "default_height": 512, ...}]}
+                 "family": "sd", "default_width": 512, "default_height": 512, ...}],
+     "loras": [{"name": "pixel-art", "source": "some/lora-repo", "weight_name": "pixel.safetensors",
+                "base": "sd15"}]}
+
+A LoRA's `base` is the model name or the family it was trained for; jobs ask for it by name.
 """
 
 from __future__ import annotations
@@ -182,11 +186,47 @@ class ModelSpec(BaseModel):
         }
 
 
-class Catalog:
-    """The models on offer, by name."""
+class LoraSpec(BaseModel):
+    """One servable LoRA adapter (Diffusers/PEFT or kohya file)."""
 
-    def __init__(self, specs: list[ModelSpec]) -> None:
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    source: str = Field(description="local file or folder, or Hub repo id")
+    weight_name: str | None = Field(default=None, description="the file inside a folder or repo")
+    base: str = Field(description="the model name, or the family, the adapter was trained for")
+    revision: str | None = None
+    description: str = ""
+
+    def fits(self, model: ModelSpec) -> bool:
+        return self.base in (model.name, model.family)
+
+    def public(self) -> dict:
+        """What `GET /v1/loras` shows: no filesystem paths."""
+        return {"name": self.name, "base": self.base, "description": self.description}
+
+
+class Catalog:
+    """The models (and LoRA adapters) on offer, by name."""
+
+    def __init__(self, specs: list[ModelSpec], loras: list[LoraSpec] | None = None) -> None:
         self._specs = {spec.name: spec for spec in specs}
+        self._loras = {lora.name: lora for lora in loras or ()}
+        families = {spec.family for spec in specs}
+        for lora in self._loras.values():
+            if lora.base not in self._specs and lora.base not in families:
+                raise ValueError(f"LoRA {lora.name!r}: base {lora.base!r} is neither a model ({self.names()}) "
+                                 f"nor a family of one ({sorted(families)})")
+
+    @property
+    def loras(self) -> list[LoraSpec]:
+        return list(self._loras.values())
+
+    def get_lora(self, name: str) -> LoraSpec:
+        try:
+            return self._loras[name]
+        except KeyError:
+            raise NotFound(f"unknown LoRA {name!r}; available: {sorted(self._loras)}", field="loras") from None
 
     def __iter__(self):
         return iter(self._specs.values())
@@ -254,6 +294,7 @@ def load_catalog(settings: Settings) -> Catalog:
     try:
         data = json.loads(path.read_text())
         specs = [ModelSpec(**entry) for entry in data["models"]]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
+        loras = [LoraSpec(**entry) for entry in data.get("loras", [])]
+        return Catalog(specs, loras)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValidationError, ValueError) as exc:
         raise ValueError(f"KILN_MODELS_FILE {path}: {exc}") from exc
-    return Catalog(specs)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from shared.metrics import observe_step
+from worker.lora.serving import routed
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class StepRequest:
     kwargs: dict[str, Any]  # encoder_hidden_states, timestep_cond, added_cond_kwargs (or empty)
     per_call: dict[str, torch.Tensor] = field(default_factory=dict)  # shared by all rows (img_ids, txt_ids)
     names: tuple[str, str] | None = None  # keyword names of sample and timestep; None: positional
+    adapters: tuple[tuple[str, float], ...] = ()  # the job's LoRA (name, weight) pairs; rows mix freely
     done: threading.Event = field(default_factory=threading.Event)
     result: torch.Tensor | None = None
     error: BaseException | None = None
@@ -262,7 +264,7 @@ class StepBatcher:
             kwargs.update(zip(group[0].names, args))
             args = []
         call = self.module if self.method == "forward" else getattr(self.module, self.method)
-        with torch.inference_mode():
+        with torch.inference_mode(), routed(group):  # each row adds its own job's LoRA deltas
             output = call(*args, **kwargs, return_dict=False)[0]
         return list(output.split([r.rows for r in group]))
 
@@ -299,8 +301,10 @@ class Session:
         self.batcher = batcher
         self._joined = False
         self._left = False
+        self.adapters: tuple[tuple[str, float], ...] = ()  # set by `worker.lora.serving.job_loras`
 
     def request(self, request: StepRequest) -> torch.Tensor:
+        request.adapters = self.adapters
         if not self._joined:
             self._joined = True
             self.batcher._join()

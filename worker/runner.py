@@ -134,7 +134,8 @@ class JobRunner:
             self._phase(job, token, "denoising")
             try:
                 images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease),
-                                    self._input_images(job), self._preview_hook(job, token, spec.family))
+                                    self._input_images(job), self._preview_hook(job, token, spec.family),
+                                    catalog=self.catalog)
             finally:
                 self.cache.release(loaded)  # an evicted model is freed once its last job is done
             timings["model_s"] = round(time.time() - t0, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.app import kiln
-from api.schemas import ModelList, SchedulerList, dump
+from api.schemas import LoraList, ModelList, SchedulerList, dump
 from shared.schedulers import SCHEDULERS
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
@@ -20,6 +20,12 @@ def list_models():
 @bp.get("/models/<name>")
 def get_model(name: str):
     return jsonify(kiln().catalog.get(name).public())
+
+
+@bp.get("/loras")
+def list_loras():
+    """LoRA adapters jobs may name in `loras`, with the model or family each is for."""
+    return jsonify(dump(LoraList, {"loras": [lora.public() for lora in kiln().catalog.loras]}))
 
 
 @bp.get("/schedulers")

@@ -38,6 +38,18 @@ class FlowFields(BaseModel):
                                                                 "from GET /v1/models")
 
 
+MAX_LORAS = 8  # adapters one job may combine
+
+
+class LoraChoice(BaseModel):
+    """One LoRA adapter a job applies: a name from GET /v1/loras and its weight."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    scale: float = Field(default=1.0, ge=-4, le=4)
+
+
 class JobRequest(FlowFields):
     """The body of `POST /v1/jobs`. Every field but the prompt has a default. For FLUX models
     that are guidance-distilled, `guidance_scale` is the embedded guidance; for SD3 it is CFG."""
@@ -68,6 +80,8 @@ class JobRequest(FlowFields):
                                       description="store a low-cost preview image every N steps while running")
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN,
                                     description="POSTed a signed event when the job ends")
+    loras: list[LoraChoice] | None = Field(default=None, max_length=MAX_LORAS,
+                                           description="LoRA adapters from GET /v1/loras, each with a scale")
 
 
 def parse_request(body: Any) -> JobRequest:
@@ -169,6 +183,7 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
         **_family_params(req, spec),
         **({"preview_every": req.preview_every} if req.preview_every else {}),
         **({"webhook_url": req.webhook_url} if req.webhook_url else {}),
+        **({"loras": _loras(req, spec, catalog)} if req.loras else {}),
     }
     if task not in IMAGE_TASKS or (req.width is not None and req.height is not None):
         params["width"], params["height"] = _resolve_size(req, spec.default_width, spec.default_height,
@@ -188,6 +203,23 @@ def _check_family_fields(req: JobRequest, spec: ModelSpec) -> None:
     if spec.family == "flux" and not spec.guidance_distilled and req.guidance_scale is not None:
         raise ValidationFailed(f"guidance_scale does nothing for {spec.name!r} (not guidance-distilled); "
                                "use true_cfg_scale with a negative_prompt", field="guidance_scale")
+
+
+def _loras(req: JobRequest, spec: ModelSpec, catalog: Catalog) -> list[dict[str, Any]]:
+    """The job's adapters as [{name, scale}]: each in the catalog, made for this model, named once."""
+    known = {lora.name: lora for lora in catalog.loras}
+    seen: set[str] = set()
+    for i, choice in enumerate(req.loras or ()):
+        field = f"loras.{i}.name"
+        if choice.name not in known:
+            raise ValidationFailed(f"unknown LoRA {choice.name!r}; available: {sorted(known)}", field=field)
+        if not known[choice.name].fits(spec):
+            raise ValidationFailed(f"LoRA {choice.name!r} is for {known[choice.name].base!r}, not {spec.name!r} "
+                                   f"({spec.family})", field=field)
+        if choice.name in seen:
+            raise ValidationFailed(f"LoRA {choice.name!r} is named twice", field=field)
+        seen.add(choice.name)
+    return [{"name": c.name, "scale": c.scale} for c in req.loras or ()]
 
 
 def _family_params(req: JobRequest, spec: ModelSpec) -> dict[str, Any]:

@@ -123,3 +123,9 @@ def adapter_metadata(model: nn.Module, adapter_name: str) -> dict:
         "rank_pattern": {name: w.rank for name, w in found if w.rank != r},
         "alpha_pattern": {name: w.alpha for name, w in found if w.alpha != alpha},
     }
+
+
+def adapter_bytes(model: nn.Module, adapter_name: str) -> int:
+    """Memory held by one adapter's tensors in `model`."""
+    return sum(t.numel() * t.element_size() for _, layer in lora_layers(model) if adapter_name in layer.lora
+               for t in (layer.lora[adapter_name].down, layer.lora[adapter_name].up))

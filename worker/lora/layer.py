@@ -66,8 +66,7 @@ class LoraLayerMixin:
                 f"adapter {name!r}: lora_A {tuple(weights.down.shape)} / lora_B {tuple(weights.up.shape)} do not "
                 f"fit a layer with weight {tuple(self.weight.shape)} (expected {expected} / {self._up_shape(weights.rank)})"
             )
-        self.lora[name] = weights.to(self.weight.device, self.weight.dtype)
-        self.active[name] = 1.0
+        self.lora[name] = weights.to(self.weight.device, self.weight.dtype)  # inactive until set_active
 
     def remove_adapter(self, name: str) -> None:
         if name in self.fused:

@@ -37,10 +37,12 @@ class LoraLoaderMixin:
 
     # ------------------------------------------------------------------ loading
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict: Source, adapter_name: str | None = None,
-                          weight_name: str | None = None, **kwargs: Any) -> str:
+                          weight_name: str | None = None, *, activate: bool = True, **kwargs: Any) -> str:
         """Load a LoRA (Diffusers/PEFT or kohya layout) as `adapter_name` and make it the active adapter.
 
-        Nothing is loaded unless every key of the file maps to a layer of a component. Returns the name.
+        Nothing is loaded unless every key of the file maps to a layer of a component. With
+        `activate=False` (Kiln's serving), the active sets are left alone: the adapter applies only
+        to rows routed to it (`adapter_rows`), never to concurrent calls. Returns the name.
         """
         unknown = set(kwargs) - set(HUB_ARGUMENTS) - set(IGNORED_ARGUMENTS)
         if unknown:
@@ -54,7 +56,8 @@ class LoraLoaderMixin:
         for component, layers in resolved.items():
             model = self.lora_models()[component]
             adapters.inject(model, name, layers)
-            adapters.set_active(model, {name: 1.0})
+            if activate:
+                adapters.set_active(model, {name: 1.0})
         return name
 
     def _resolve(self, parsed: Mapping[str, Mapping]) -> dict[str, dict]:
