@@ -11,7 +11,8 @@ import copy
 import functools
 import logging
 import os
-from dataclasses import dataclass
+import warnings
+from collections import OrderedDict
 from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
@@ -32,23 +33,34 @@ KARRAS_FAMILY = (
 )
 
 
-@dataclass
-class SchedulerOutput:
-    """Result of `step`: the sample at the next (less noisy) timestep, and x̂_0 where defined."""
+class SchedulerOutput(OrderedDict):
+    """Result of `step`: the sample at the next (less noisy) timestep, and x̂_0 where defined.
 
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
+    Dict-like as Diffusers' outputs are: attributes, keys (the fields that are not None), string
+    or integer indexing, `to_tuple()`; iterating yields the keys.
+    """
+
+    _fields = ("prev_sample", "pred_original_sample")
+
+    def __init__(self, prev_sample: torch.Tensor | None = None,
+                 pred_original_sample: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.prev_sample = prev_sample
+        self.pred_original_sample = pred_original_sample
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in self._fields and value is not None:
+            super().__setitem__(name, value)
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        return super().__getitem__(key) if isinstance(key, str) else self.to_tuple()[key]
 
     def to_tuple(self) -> tuple[torch.Tensor, ...]:
-        if self.pred_original_sample is None:
-            return (self.prev_sample,)
-        return (self.prev_sample, self.pred_original_sample)
+        return tuple(self[key] for key in self.keys())
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.to_tuple()[index]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.to_tuple())
+    def __reduce__(self):  # picklable with its fields
+        return (type(self), (self.prev_sample, self.pred_original_sample))
 
 
 def randn_tensor(
@@ -96,6 +108,7 @@ class SchedulerMixin(ConfigMixin):
     config_name = "scheduler_config.json"
     order = 1
     _compatibles: tuple[str, ...] = ()
+    _deprecated_kwargs: list[str] = []  # Diffusers' marker of deprecated constructor kwargs: none here
     timesteps: torch.Tensor
 
     # -- construction -------------------------------------------------------------------------
@@ -136,9 +149,27 @@ class SchedulerMixin(ConfigMixin):
         self.save_config(save_directory)
 
     @property
-    def compatibles(self) -> list[str]:
-        """Class names this scheduler's config can be swapped to with `from_config`."""
-        return sorted({type(self).__name__, *self._compatibles})
+    def compatibles(self) -> list[type[SchedulerMixin]]:
+        """Classes this scheduler's config can be swapped to with `from_config` (those Kiln has)."""
+        from .registry import SCHEDULER_CLASSES
+
+        names = sorted({type(self).__name__, *self._compatibles})
+        return [SCHEDULER_CLASSES[name] for name in names if name in SCHEDULER_CLASSES]
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Add or replace config keys after construction (Diffusers' API; the config stays frozen)."""
+        own = self._internal_config
+        self._internal_config = FrozenConfig({**own, **kwargs}, own.source_class, own.defaulted)
+
+    def __getattr__(self, name: str) -> Any:
+        """Config keys read as attributes still work, with Diffusers' FutureWarning."""
+        config = self.__dict__.get("_internal_config")
+        if config is not None and not name.startswith("_") and name in config:
+            warnings.warn(f"Accessing config attribute `{name}` directly via '{type(self).__name__}' object "
+                          f"attribute is deprecated. Please access '{name}' over '{type(self).__name__}'s config "
+                          f"object instead, e.g. 'scheduler.config.{name}'.", FutureWarning, stacklevel=2)
+            return config[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def clone(self: S) -> S:
         """A fresh scheduler for a new job: same config and tables, no step history.
@@ -200,11 +231,16 @@ class SchedulerMixin(ConfigMixin):
         if self._step_index is None:
             self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
 
-    def _step_indices(self, timesteps: torch.Tensor) -> list[int]:
-        """Step index for each noise level asked of `add_noise`."""
+    def _step_indices(self, timesteps: torch.Tensor) -> torch.Tensor | list[int]:
+        """Step index for each noise level asked of `add_noise` (a whole training batch at once)."""
         if self._begin_index is None:
-            schedule = self.timesteps.to(timesteps.device)
-            return [self.index_for_timestep(t, schedule) for t in timesteps.flatten()]
+            schedule, wanted = self.timesteps.to(timesteps.device), timesteps.flatten()
+            matches = schedule[None, :] == wanted[:, None]  # (B, n)
+            count = matches.sum(dim=1)
+            if bool((count == 0).any()):  # the class decides (an error, or Diffusers' fallback)
+                return [self.index_for_timestep(t, schedule) for t in wanted]
+            nth = torch.where(count > 1, 2, 1)  # the second copy of a repeated timestep, as index_for_timestep
+            return ((matches.cumsum(dim=1) == nth[:, None]) & matches).int().argmax(dim=1)
         index = self._step_index if self._step_index is not None else self._begin_index
         return [index] * timesteps.flatten().shape[0]
 

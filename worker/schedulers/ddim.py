@@ -64,8 +64,15 @@ class DDIMScheduler(VPScheduleMixin):
     def _alpha_bars(self, t: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         # Diffusers' rule: the previous timestep is t − T // n whatever the spacing.
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-        prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        return self.alphas_cumprod[t], prev, prev_t
+        return self.alphas_cumprod[t], self._alpha_bar_at(prev_t), prev_t
+
+    def _alpha_bar_at(self, t: int) -> torch.Tensor:
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """σ_t(1)² of DDIM eq. 16 between `timestep` and `prev_timestep`: (1−ᾱ')/(1−ᾱ) (1 − ᾱ/ᾱ')."""
+        ab_t, ab_prev = self.alphas_cumprod[timestep], self._alpha_bar_at(prev_timestep)
+        return (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
 
     def step(
         self,
@@ -80,13 +87,12 @@ class DDIMScheduler(VPScheduleMixin):
     ) -> Any:
         """One DDIM step; `eta` scales the added noise σ_t(η) of eq. 16."""
         self._require_timesteps()
-        ab_t, ab_prev, _ = self._alpha_bars(int(timestep))
+        ab_t, ab_prev, prev_t = self._alpha_bars(int(timestep))
         x0, eps = denoise_vp(self.config.prediction_type, model_output, sample, ab_t**0.5, (1 - ab_t) ** 0.5)
         x0 = limit_x0(x0, self._option)
         if use_clipped_model_output:  # ε consistent with the clipped x̂_0
             eps = (sample - ab_t**0.5 * x0) / (1 - ab_t) ** 0.5
-        # σ_t(η)² = η² (1−ᾱ_{t'})/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_{t'})
-        std = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
+        std = eta * self._get_variance(int(timestep), prev_t) ** 0.5  # σ_t(η)
         prev = ab_prev**0.5 * x0 + (1 - ab_prev - std**2) ** 0.5 * eps
         if eta > 0:
             if variance_noise is not None and generator is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -9,9 +10,11 @@ import torch
 
 from .base import KARRAS_FAMILY, Generator, randn_tensor
 from .prediction import denoise_vp, limit_x0
-from .schedules import check_choice, check_num_steps, timestep_grid
+from .schedules import check_num_steps, timestep_grid
 from .vp import VPScheduleMixin
 from worker.configuration import register_to_config
+
+logger = logging.getLogger(__name__)
 
 
 def _fixed_small(var: torch.Tensor, beta: torch.Tensor, predicted: Any) -> torch.Tensor:
@@ -48,6 +51,18 @@ VARIANCE_TYPES = {
 }
 LEARNED_VARIANCE = ("learned", "learned_range")
 
+# What Diffusers' `_get_variance` returns per variance_type (its public contract, mixed units:
+# a variance, a standard deviation or a log-variance), from β̃ (clamped), β and the model's value.
+VARIANCE_REPORTS = {
+    "fixed_small": lambda var, beta, predicted: var,
+    "fixed_small_log": lambda var, beta, predicted: torch.exp(0.5 * torch.log(var)),
+    "fixed_large": lambda var, beta, predicted: beta,
+    "fixed_large_log": lambda var, beta, predicted: torch.log(beta),
+    "learned": lambda var, beta, predicted: predicted,
+    "learned_range": lambda var, beta, predicted: (predicted + 1) / 2 * torch.log(beta)
+    + (1 - (predicted + 1) / 2) * torch.log(var),
+}
+
 
 class DDPMScheduler(VPScheduleMixin):
     """Ancestral DDPM: x_{t'} ~ q(x_{t'} | x_t, x̂_0) for each consecutive pair t > t'."""
@@ -73,7 +88,9 @@ class DDPMScheduler(VPScheduleMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        check_choice("variance_type", variance_type, list(VARIANCE_TYPES))
+        if variance_type not in VARIANCE_TYPES:  # Diffusers accepts any name and samples as fixed_small
+            logger.warning("variance_type %r is not one of %s; sampling as 'fixed_small'", variance_type,
+                           ", ".join(VARIANCE_TYPES))
         self._build_tables()
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
@@ -105,16 +122,27 @@ class DDPMScheduler(VPScheduleMixin):
         self.timesteps = torch.from_numpy(grid).to(device)
         self._reset()
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The next timestep of the schedule after `timestep`, or −1 after the last one."""
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The next timestep of the schedule after `timestep` (a tensor), or −1 after the last one;
+        `timestep` − 1 before `set_timesteps`."""
         if self.num_inference_steps is None:
-            return int(timestep) - 1
+            return timestep - 1
         index = self.index_for_timestep(timestep)
-        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+        return torch.tensor(-1) if index == len(self.timesteps) - 1 else self.timesteps[index + 1]
 
     def _alpha_bars(self, t: int, prev_t: int) -> tuple[torch.Tensor, torch.Tensor]:
         prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
         return self.alphas_cumprod[t], prev
+
+    def _get_variance(
+        self, t: int, predicted_variance: torch.Tensor | None = None, variance_type: str | None = None
+    ) -> torch.Tensor:
+        """The step's variance as Diffusers reports it for `variance_type` (default: the config's)."""
+        ab_t, ab_prev = self._alpha_bars(int(t), int(self.previous_timestep(t)))
+        beta = 1 - ab_t / ab_prev
+        var = ((1 - ab_prev) / (1 - ab_t) * beta).clamp(min=1e-20)  # β̃, DDPM eq. 7
+        kind = variance_type or self.config.variance_type
+        return VARIANCE_REPORTS.get(kind, VARIANCE_REPORTS["fixed_small"])(var, beta, predicted_variance)
 
     def step(
         self,
@@ -126,7 +154,7 @@ class DDPMScheduler(VPScheduleMixin):
     ) -> Any:
         """One ancestral step: posterior mean (DDPM eq. 7) plus σ-scaled fresh noise (t > 0)."""
         t = int(timestep)
-        prev_t = self.previous_timestep(t)
+        prev_t = int(self.previous_timestep(t))
         predicted_var = None
         if model_output.shape[1] == 2 * sample.shape[1] and self.config.variance_type in LEARNED_VARIANCE:
             model_output, predicted_var = torch.split(model_output, sample.shape[1], dim=1)
@@ -139,5 +167,6 @@ class DDPMScheduler(VPScheduleMixin):
         if t > 0:
             noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             posterior_var = (1 - ab_prev) / (1 - ab_t) * beta  # β̃ (DDPM eq. 7)
-            prev = prev + VARIANCE_TYPES[self.config.variance_type](posterior_var, beta, predicted_var) * noise
+            std_of = VARIANCE_TYPES.get(self.config.variance_type, _fixed_small)
+            prev = prev + std_of(posterior_var, beta, predicted_var) * noise
         return self._output(return_dict, prev, x0)

@@ -56,6 +56,7 @@ class PNDMScheduler(VPScheduleMixin):
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps: int | None = None
         self.prk_timesteps = np.array([], dtype=np.int64)
+        self.plms_timesteps: np.ndarray | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self._reset()
 
@@ -73,6 +74,9 @@ class PNDMScheduler(VPScheduleMixin):
         self._check_steps_only(timesteps, sigmas)
         c = self.config
         n = check_num_steps(num_inference_steps, c.num_train_timesteps)
+        if not c.skip_prk_steps and n < self.pndm_order:
+            raise ValueError(f"`num_inference_steps` must be >= {self.pndm_order} when skip_prk_steps is False "
+                             f"(the Runge–Kutta warm-up takes {self.pndm_order} steps), got {n}")
         self.num_inference_steps = n
         grid = timestep_grid(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset)[::-1].astype(np.int64)
         if c.skip_prk_steps:  # the second-to-last grid point is visited twice (warm-up pair)
@@ -84,6 +88,7 @@ class PNDMScheduler(VPScheduleMixin):
             prk = grid[-self.pndm_order:].repeat(2) + np.tile([0, half], self.pndm_order)
             self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1].copy()
             plms = grid[:-3][::-1]
+        self.plms_timesteps = plms.copy()
         self.timesteps = torch.from_numpy(np.concatenate([self.prk_timesteps, plms]).astype(np.int64)).to(device)
         self._reset()
 
@@ -101,11 +106,26 @@ class PNDMScheduler(VPScheduleMixin):
         generator: Generator = None,
         return_dict: bool = True,
     ) -> Any:
-        self._require_timesteps()
+        """A PRK warm-up call while any are left (unless `skip_prk_steps`), else a PLMS call."""
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
-            prev = self._step_prk(model_output, int(timestep), sample)
-        else:
-            prev = self._step_plms(model_output, int(timestep), sample)
+            return self.step_prk(model_output, timestep, sample, return_dict)
+        return self.step_plms(model_output, timestep, sample, return_dict)
+
+    def step_prk(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+    ) -> Any:
+        """One call of the Runge–Kutta warm-up (the model evaluated at `prk_timesteps[counter]`)."""
+        self._require_timesteps()
+        prev = self._step_prk(model_output, int(timestep), sample)
+        self.counter += 1
+        return self._output(return_dict, prev)
+
+    def step_plms(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+    ) -> Any:
+        """One linear-multistep call (after the warm-up, or from the start with `skip_prk_steps`)."""
+        self._require_timesteps()
+        prev = self._step_plms(model_output, int(timestep), sample)
         self.counter += 1
         return self._output(return_dict, prev)
 
@@ -137,7 +157,7 @@ class PNDMScheduler(VPScheduleMixin):
             self.cur_sample = sample
         elif len(self.ets) == 1 and self.counter == 1:
             out, sample, self.cur_sample = (out + self.ets[-1]) / 2, self.cur_sample, None
-        else:
-            weights = PLMS_WEIGHTS[len(self.ets)]
+        else:  # the newest (up to) 4 outputs; a history set from outside may hold more
+            weights = PLMS_WEIGHTS[min(len(self.ets), 4)]
             out = sum(w * e for w, e in zip(weights, reversed(self.ets)))
         return self._transfer(sample, out, t, prev_t)
