@@ -75,3 +75,60 @@ def test_flux_transformer_rows(flux_folder):
         with adapter_rows([row]):
             alone = model(**one)[0]
         assert (batched[i] - alone[0]).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------------- kohya (BFL names) FLUX files
+KOHYA_DOUBLE = {"img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn_proj": ("attn.to_out.0",),
+                "img_mlp_0": ("ff.net.0.proj",), "img_mlp_2": ("ff.net.2",),
+                "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                "txt_attn_proj": ("attn.to_add_out",), "txt_mlp_2": ("ff_context.net.2",)}
+KOHYA_SINGLE = {"linear2": ("proj_out",), "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+
+
+def kohya_flux_state(model, seed, single=("linear2",), rank=2, alpha=1.0):
+    """sd-scripts FLUX LoRA tensors: `lora_unet_{double,single}_blocks_<i>_<BFL layer>` with fused qkv."""
+    g, state = torch.Generator().manual_seed(seed), {}
+    blocks = [("double_blocks", "transformer_blocks", len(model.transformer_blocks), KOHYA_DOUBLE),
+              ("single_blocks", "single_transformer_blocks", len(model.single_transformer_blocks),
+               {k: KOHYA_SINGLE[k] for k in single})]
+    for bfl, ours, count, layers in blocks:
+        for i in range(count):
+            for layer, parts in layers.items():
+                modules = [model.get_submodule(f"{ours}.{i}.{p}") for p in parts]
+                key = f"lora_unet_{bfl}_{i}_{layer}"
+                state[f"{key}.lora_down.weight"] = torch.randn(rank, modules[0].in_features, generator=g) * 0.3
+                state[f"{key}.lora_up.weight"] = torch.randn(sum(m.out_features for m in modules), rank, generator=g) * 0.3
+                state[f"{key}.alpha"] = torch.tensor(alpha)
+    return state
+
+
+def test_kohya_flux_matches_diffusers(flux_folder, tmp_path):
+    import diffusers
+    from safetensors.torch import save_file
+
+    from worker.pipelines import DiffusionPipeline
+
+    ref, pipe = diffusers.FluxPipeline.from_pretrained(flux_folder), DiffusionPipeline.from_pretrained(flux_folder)
+    base = images(pipe)
+    # diffusers 0.42 splits single_blocks linear1 at FLUX.1's fixed widths (3072 ...): tiny models take linear2 only.
+    save_file(kohya_flux_state(pipe.transformer, seed=3, alpha=1.5), str(tmp_path / "k.safetensors"))
+    for p in (ref, pipe):
+        p.load_lora_weights(tmp_path / "k.safetensors", adapter_name="k")
+    expected, got = images(ref), images(pipe)
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF and max_diff(got, base) > 20 * MAX_PIXEL_DIFF
+
+
+@torch.no_grad()
+def test_fused_linear1_splits_into_q_k_v_and_mlp(flux_folder):
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(flux_folder)
+    state = kohya_flux_state(pipe.transformer, seed=4, single=("linear1",), alpha=1.0)
+    pipe.load_lora_weights(state, adapter_name="fused")
+    q = pipe.transformer.single_transformer_blocks[0].attn.to_q
+    mlp = pipe.transformer.single_transformer_blocks[0].proj_mlp
+    up = state["lora_unet_single_blocks_0_linear1.lora_up.weight"]
+    assert torch.equal(q.lora["fused"].up, up[: q.out_features])
+    assert torch.equal(mlp.lora["fused"].up, up[3 * q.out_features :])
+    assert torch.equal(mlp.lora["fused"].down, state["lora_unet_single_blocks_0_linear1.lora_down.weight"])
+    assert q.lora["fused"].scaling == 0.5  # α 1 / rank 2

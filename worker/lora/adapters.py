@@ -15,7 +15,7 @@ from torch import nn
 from worker.lora.errors import LoraError, sample
 from worker.lora.formats import LoraTensors
 from worker.lora.layer import LoraLayerMixin, LoraWeights, lora_class_for
-from worker.lora.naming import layer_table
+from worker.lora.naming import fused_parts, layer_table
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayerMixin]]:
@@ -33,13 +33,31 @@ def adapter_names(model: nn.Module) -> list[str]:
 
 
 def resolve(model: nn.Module, layers: Mapping[str, LoraTensors], component: str) -> dict[str, LoraTensors]:
-    """Map the file's layer names to the model's module names; any name the model lacks is an error."""
+    """Map the file's layer names to the model's module names (splitting fused layers); any name the
+    model lacks is an error."""
     table = layer_table(model)
-    missing = [name for name in layers if name not in table]
+    resolved, missing = {}, []
+    for name, tensors in layers.items():
+        parts = fused_parts(model, name) if name not in table else None
+        if parts is not None:
+            resolved.update(_split(tensors, parts))
+        elif name in table:
+            resolved[table[name]] = tensors
+        else:
+            missing.append(name)
     if missing:
         raise LoraError(f"the LoRA targets layers that {component} ({type(model).__name__}) does not have: "
                         f"{sample(missing)}")
-    return {table[name]: tensors for name, tensors in layers.items()}
+    return resolved
+
+
+def _split(tensors: LoraTensors, parts: list[tuple[str, int]]) -> dict[str, LoraTensors]:
+    """A LoRA on a fused layer as one LoRA per part: the same A and α, B's rows split by width."""
+    widths = [width for _, width in parts]
+    if tensors.up.shape[0] != sum(widths):
+        raise LoraError(f"fused LoRA B has {tensors.up.shape[0]} rows; {[n for n, _ in parts]} need {sum(widths)}")
+    ups = tensors.up.split(widths)
+    return {name: LoraTensors(tensors.down, up.contiguous(), tensors.alpha) for (name, _), up in zip(parts, ups)}
 
 
 def inject(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraTensors]) -> None:

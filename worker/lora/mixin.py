@@ -62,6 +62,8 @@ class LoraLoaderMixin:
 
     def _resolve(self, parsed: Mapping[str, Mapping]) -> dict[str, dict]:
         models = self.lora_models()
+        if "unet" in parsed and "unet" not in models and "transformer" in models:
+            parsed = {("transformer" if c == "unet" else c): layers for c, layers in parsed.items()}  # kohya FLUX
         absent = [c for c in parsed if c not in models]
         if absent:
             raise LoraError(f"the LoRA has weights for {absent}, which {type(self).__name__} does not have "

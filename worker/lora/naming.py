@@ -5,8 +5,13 @@ A model's adaptable layers (Linear, Conv2d) are indexed under:
 - the same name flattened with `_` (kohya / A1111: `down_blocks_1_attentions_0_proj_in`) — looked
   up in this table rather than split back, since module names contain `_` themselves;
 - aliases from `ALIAS_RULES`: the original-LDM ("SGM") UNet names kohya uses for SDXL
-  (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`), and transformers-4 CLIP names
-  (`text_model.encoder.layers.0...`) for transformers-5 text encoders that dropped `text_model`.
+  (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`), transformers-4 CLIP names
+  (`text_model.encoder.layers.0...`) for transformers-5 text encoders that dropped `text_model`,
+  and Black Forest Labs' FLUX names kohya uses (`double_blocks_0_img_attn_proj`).
+
+BFL's FLUX fuses some projections that Diffusers splits: one LoRA on `img_attn.qkv` is three
+LoRAs on `to_q`, `to_k`, `to_v` sharing A, with B's rows split by each layer's width
+(`fused_table`, `FUSED_RULES`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,64 @@ def _sgm_unet_alias(model: nn.Module, name: str) -> list[str]:
     return []
 
 
+def _bfl_flux_alias(model: nn.Module, name: str) -> list[str]:
+    """BFL's name of a `FluxTransformer2DModel` layer (original FLUX checkpoints, kohya FLUX LoRAs)."""
+    if type(model).__name__ != "FluxTransformer2DModel":
+        return []
+    for pattern, template in _BFL_RULES:
+        match = re.fullmatch(pattern, name)
+        if match:
+            return [template.format(*match.groups())]
+    return []
+
+
+_BFL_RULES: tuple[tuple[str, str], ...] = (
+    (r"transformer_blocks\.(\d+)\.attn\.to_out\.0", "double_blocks.{0}.img_attn.proj"),
+    (r"transformer_blocks\.(\d+)\.attn\.to_add_out", "double_blocks.{0}.txt_attn.proj"),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj", "double_blocks.{0}.img_mlp.0"),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.2", "double_blocks.{0}.img_mlp.2"),
+    (r"transformer_blocks\.(\d+)\.ff_context\.net\.0\.proj", "double_blocks.{0}.txt_mlp.0"),
+    (r"transformer_blocks\.(\d+)\.ff_context\.net\.2", "double_blocks.{0}.txt_mlp.2"),
+    (r"transformer_blocks\.(\d+)\.norm1\.linear", "double_blocks.{0}.img_mod.lin"),
+    (r"transformer_blocks\.(\d+)\.norm1_context\.linear", "double_blocks.{0}.txt_mod.lin"),
+    (r"single_transformer_blocks\.(\d+)\.proj_out", "single_blocks.{0}.linear2"),
+    (r"single_transformer_blocks\.(\d+)\.norm\.linear", "single_blocks.{0}.modulation.lin"),
+    (r"time_text_embed\.timestep_embedder\.linear_1", "time_in.in_layer"),
+    (r"time_text_embed\.timestep_embedder\.linear_2", "time_in.out_layer"),
+    (r"time_text_embed\.text_embedder\.linear_1", "vector_in.in_layer"),
+    (r"time_text_embed\.text_embedder\.linear_2", "vector_in.out_layer"),
+    (r"time_text_embed\.guidance_embedder\.linear_1", "guidance_in.in_layer"),
+    (r"time_text_embed\.guidance_embedder\.linear_2", "guidance_in.out_layer"),
+    (r"context_embedder", "txt_in"),
+    (r"x_embedder", "img_in"),
+    (r"proj_out", "final_layer.linear"),
+)
+
+# Fused BFL FLUX layer -> the Diffusers layers it splits into, in B's row order ({0}: block index).
+FUSED_RULES: dict[str, tuple[str, ...]] = {
+    r"double_blocks_(\d+)_img_attn_qkv": ("transformer_blocks.{0}.attn.to_q", "transformer_blocks.{0}.attn.to_k",
+                                          "transformer_blocks.{0}.attn.to_v"),
+    r"double_blocks_(\d+)_txt_attn_qkv": ("transformer_blocks.{0}.attn.add_q_proj",
+                                          "transformer_blocks.{0}.attn.add_k_proj",
+                                          "transformer_blocks.{0}.attn.add_v_proj"),
+    r"single_blocks_(\d+)_linear1": ("single_transformer_blocks.{0}.attn.to_q", "single_transformer_blocks.{0}.attn.to_k",
+                                     "single_transformer_blocks.{0}.attn.to_v", "single_transformer_blocks.{0}.proj_mlp"),
+}
+
+
+def fused_parts(model: nn.Module, name: str) -> list[tuple[str, int]] | None:
+    """For a fused layer name (flat or dotted), the (module name, output width) of each part; else None."""
+    if type(model).__name__ != "FluxTransformer2DModel":
+        return None
+    flat = name.replace(".", "_")
+    for pattern, targets in FUSED_RULES.items():
+        match = re.fullmatch(pattern, flat)
+        if match:
+            parts = [target.format(*match.groups()) for target in targets]
+            return [(part, model.get_submodule(part).out_features) for part in parts]
+    return None
+
+
 def _resnet(rest: str) -> str:
     return _SGM_RESNET.get(rest, rest)
 
@@ -89,4 +152,5 @@ _SGM_RULES: tuple[tuple[str, Callable[..., str]], ...] = (
 )
 
 # Extra spellings of a layer name, per model family.
-ALIAS_RULES: tuple[Callable[[nn.Module, str], list[str]], ...] = (_clip_text_model_alias, _sgm_unet_alias)
+ALIAS_RULES: tuple[Callable[[nn.Module, str], list[str]], ...] = (_clip_text_model_alias, _sgm_unet_alias,
+                                                                  _bfl_flux_alias)
