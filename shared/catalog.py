@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import NotFound
-from shared.schedulers import SCHEDULERS
+from shared.schedulers import DEFAULT_SCHEDULERS, DIFFUSION, FLOW, SCHEDULERS, scheduler_names
 from shared.settings import REPO_ROOT, Settings
 
 Task = Literal["text-to-image", "image-to-image", "inpaint", "unconditional"]
@@ -47,12 +47,10 @@ FLOW_FAMILIES = frozenset({"flux", "sd3"})
 
 # Defaults a model entry gets from its family when it does not set them.
 FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
-    "flux": {"default_scheduler": "flow_euler", "default_guidance_scale": 3.5, "default_steps": 28,
-             "default_max_sequence_length": 512,
-             "default_width": 1024, "default_height": 1024},
-    "sd3": {"default_scheduler": "flow_euler", "default_guidance_scale": 7.0, "default_steps": 28,
-            "default_max_sequence_length": 256,
-            "default_width": 1024, "default_height": 1024},
+    "flux": {"default_scheduler": DEFAULT_SCHEDULERS[FLOW], "default_guidance_scale": 3.5, "default_steps": 28,
+             "default_max_sequence_length": 512, "default_width": 1024, "default_height": 1024},
+    "sd3": {"default_scheduler": DEFAULT_SCHEDULERS[FLOW], "default_guidance_scale": 7.0, "default_steps": 28,
+            "default_max_sequence_length": 256, "default_width": 1024, "default_height": 1024},
 }
 
 # Image sides must be multiples of this: the VAE's 8, times the patch size 2 of FLUX's packing and SD3.
@@ -64,11 +62,6 @@ MAX_SEQUENCE_LENGTH = 512  # T5's position limit in FLUX and SD3
 DEFAULT_COST_FACTOR = 64
 
 BUNDLED_MODEL = "kiln-ddpm-tiny"
-
-
-def flow_schedulers() -> frozenset[str]:
-    """Short scheduler names that suit flow-matching models (`kind` "flow" in `shared.schedulers`)."""
-    return frozenset(name for name, choice in SCHEDULERS.items() if getattr(choice, "kind", "") == "flow")
 
 
 def _family_defaults(data: object) -> object:
@@ -116,7 +109,7 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"default_scheduler {self.default_scheduler!r} is unknown; allowed: {sorted(SCHEDULERS)}"
             )
-        if (self.default_scheduler in flow_schedulers()) != (self.family in FLOW_FAMILIES):
+        if self.default_scheduler not in self.allowed_schedulers():
             raise ValueError(f"default_scheduler {self.default_scheduler!r} does not suit {self.family} models; "
                              f"allowed: {self.allowed_schedulers()}")
         if "max_sequence_length" in self.fields and self.default_max_sequence_length is None:
@@ -141,8 +134,8 @@ class ModelSpec(BaseModel):
         return self.family in FLOW_FAMILIES
 
     def allowed_schedulers(self) -> list[str]:
-        flow = flow_schedulers()
-        return [name for name in SCHEDULERS if (name in flow) == self.flow]
+        """The scheduler names of this model's kind: flow-matching for FLUX/SD3, else diffusion."""
+        return scheduler_names(FLOW if self.flow else DIFFUSION)
 
     @property
     def celery_queue(self) -> str:
