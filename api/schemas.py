@@ -132,10 +132,25 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
+class ModelLimits(BaseModel):
+    max_width: int
+    max_height: int
+    max_pixels: int = Field(description="width × height")
+    max_cost: int = Field(description="per-job budget of width × height × steps × num_images")
+
+
 class ModelView(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
+    family: str
     tasks: list[str]
+    defaults: dict[str, Any] = Field(description="what a request that leaves a field out gets")
+    limits: ModelLimits = Field(description="a job over any of these is refused with 422 naming the field")
+    fields: list[str] = Field(description="family-only request fields this model reads (FLUX: true_cfg_scale, "
+                                          "max_sequence_length; SD3: max_sequence_length)")
+    schedulers: list[str] = Field(description="the scheduler names that suit this model")
+    size_multiple: int = Field(description="width and height must be multiples of this")
+    guidance_distilled: bool = Field(description="FLUX.1-dev: guidance_scale is embedded guidance")
 
 
 class ModelList(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.app import kiln
-from api.schemas import LoraList, ModelList, SchedulerList, dump
+from api.schemas import LoraList, ModelList, ModelView, SchedulerList, dump
 from shared.schedulers import SCHEDULERS
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
@@ -19,7 +19,7 @@ def list_models():
 
 @bp.get("/models/<name>")
 def get_model(name: str):
-    return jsonify(kiln().catalog.get(name).public())
+    return jsonify(dump(ModelView, kiln().catalog.get(name).public()))
 
 
 @bp.get("/loras")

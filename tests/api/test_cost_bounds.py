@@ -149,3 +149,10 @@ def test_openapi_documents_the_family_fields(client):
     schema = client.get("/v1/openapi.json").json["components"]["schemas"]["JobRequest"]["properties"]
     assert "FLUX only" in schema["true_cfg_scale"]["description"]
     assert schema["max_sequence_length"]["anyOf"][0]["maximum"] == 512
+
+
+def test_one_model_view_is_typed_and_documented(client):
+    flux = client.get("/v1/models/flux-dev").json
+    assert flux["limits"]["max_cost"] == 64 * 32 * 32 * 28 and flux["size_multiple"] == 16
+    view = client.get("/v1/openapi.json").json["components"]["schemas"]["ModelView"]
+    assert {"limits", "fields", "schedulers", "defaults"} <= set(view["required"])
