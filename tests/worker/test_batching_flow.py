@@ -131,3 +131,49 @@ def test_call_cost_cap_is_a_full_batch_of_default_size_rows(flux):
     packed = torch.zeros(1, (32 // 4) ** 2, 64)  # one 32×32 image: 64 tokens of 64 = 16 × 16 × 16
     assert StepRequest(packed, torch.ones(1), {}).cost * 4 == cap
     loaded.close()
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    folder = tiny_flow.save_tiny_sd3(tmp_path_factory.mktemp("sd3"))
+    return DiffusionPipeline.from_pretrained(folder)
+
+
+SD3_JOBS = [  # flow schedulers by their short names: Euler, Heun (2 calls a step), DPM-Solver++ 2M
+    dict(prompt="a red cat", scheduler="flow_euler", steps=4, guidance=5.0, size=32, seed=1),
+    dict(prompt="a blue dog", scheduler="flow_heun", steps=3, guidance=3.0, size=32, seed=2),
+    dict(prompt="a bird", scheduler="flow_dpmpp_2m", steps=5, guidance=1.0, size=32, seed=3),  # no CFG: 1 row
+    dict(prompt="a cat", scheduler="flow_euler", steps=4, guidance=4.0, size=48, seed=4),
+]
+
+
+def run_sd3(loaded, job, session=None):
+    pipe = pipeline_for_task(loaded, "sd3", "text-to-image", job["scheduler"], session)
+    return pipe(prompt=job["prompt"], negative_prompt="ugly", num_inference_steps=job["steps"],
+                guidance_scale=job["guidance"], height=job["size"], width=job["size"], max_sequence_length=16,
+                generator=torch.Generator().manual_seed(job["seed"]), output_type="np").images
+
+
+def test_sd3_batched_equals_unbatched(sd3):
+    loaded = load_model("sd3", sd3, max_rows=32)
+    assert loaded.denoiser == "transformer"
+    alone = [run_sd3(loaded, job) for job in SD3_JOBS]
+    together, errors = [None] * len(SD3_JOBS), [None] * len(SD3_JOBS)
+
+    def target(k):
+        try:
+            with loaded.batcher.session() as session:
+                together[k] = run_sd3(loaded, SD3_JOBS[k], session)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors[k] = exc
+
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(len(SD3_JOBS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [None] * len(SD3_JOBS)
+    for job, a, b in zip(SD3_JOBS, alone, together):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-3, job
+    assert loaded.batcher.stats.calls < loaded.batcher.stats.job_steps
+    loaded.close()
