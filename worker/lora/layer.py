@@ -124,17 +124,22 @@ class LoraLayerMixin:
         return [Group(name, None, weight) for name, weight in self.active.items()]
 
     def _add_group(self, out: torch.Tensor, x: torch.Tensor, group: Group, scale: float) -> torch.Tensor:
-        """out[rows] += weight · scale · (α/r) · B A x[rows]  (rows None = the whole batch)."""
+        """out[rows] += weight · scale · (α/r) · B A x[rows]  (rows: all, a contiguous run, or indices)."""
         weights = self.lora[group.name]
-        xs = x if group.rows is None else x.index_select(0, group.rows)  # (n_a, ...)
-        delta = self._delta(xs.to(weights.down.dtype), weights)
+        rows = group.rows
+        xs = x if rows is None else x[rows] if isinstance(rows, slice) else x.index_select(0, rows)  # (n_a, ...)
+        delta = self._delta(xs.to(weights.down.dtype), weights).to(out.dtype)
+        factor = weights.scaling * scale
         if isinstance(group.weight, torch.Tensor):  # a weight per row: (n_a,) -> (n_a, 1, ..., 1)
-            factor = group.weight.to(delta.dtype).view(-1, *([1] * (delta.ndim - 1)))
-            delta = delta * (factor * (weights.scaling * scale))
+            delta = delta * group.weight.to(delta.dtype).view(-1, *([1] * (delta.ndim - 1)))
         else:
-            delta = delta * (weights.scaling * group.weight * scale)
-        delta = delta.to(out.dtype)
-        return out + delta if group.rows is None else out.index_add(0, group.rows, delta)
+            factor *= group.weight
+        if rows is None:
+            return out.add_(delta, alpha=factor)
+        if isinstance(rows, slice):
+            out[rows].add_(delta, alpha=factor)
+            return out
+        return out.index_add_(0, rows, delta, alpha=factor)
 
 
 class LoraLinear(LoraLayerMixin, nn.Linear):

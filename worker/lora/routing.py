@@ -27,11 +27,12 @@ AdapterSet = Mapping[str, float]  # adapter name -> weight
 
 @dataclass(frozen=True)
 class Group:
-    """The rows of one adapter in a call: `rows` (n_a,) indices (None = every row, in order) and
-    `weight`, one float for all of them or (n_a,) per row."""
+    """The rows of one adapter in a call: `rows` (n_a,) indices, or a `slice` when they are one
+    contiguous run (a job's rows in the batcher are; None = every row), and `weight`, one float for
+    all of them or (n_a,) per row."""
 
     name: str
-    rows: torch.Tensor | None
+    rows: torch.Tensor | slice | None
     weight: float | torch.Tensor
 
 
@@ -73,7 +74,9 @@ class AdapterRows:
 
 
 def _group(name: str, rows: list[int], weights: list[float], batch: int, device: torch.device) -> Group:
-    index = None if rows == list(range(batch)) else torch.tensor(rows, device=device)
+    index: torch.Tensor | slice | None = torch.tensor(rows, device=device)
+    if rows == list(range(rows[0], rows[-1] + 1)):  # one run: a view, no gather or scatter
+        index = None if len(rows) == batch else slice(rows[0], rows[-1] + 1)
     same = all(w == weights[0] for w in weights)
     weight = weights[0] if same else torch.tensor(weights, device=device)
     return Group(name, index, weight)

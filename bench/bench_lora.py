@@ -1,0 +1,120 @@
+"""Serving many LoRA adapters: N concurrent jobs each with its own adapter, batched (per-row LoRA
+deltas in one call) vs the same jobs one at a time with the single-pipeline recipe between them
+(load_lora_weights, fuse_lora, run, unfuse_lora, unload_lora_weights) vs N batched jobs with no adapter.
+
+Runs the worker's code path (`worker.execute.run_params`: a pipeline view per job, the denoiser
+behind the model's `StepBatcher`, adapters from the worker's LRU) in this process, on the bundled
+kiln-shapes model (64×64 pixels, guidance on) with random rank-`--rank` adapters on the attention
+and feed-forward layers of the UNet and the CLIP text encoder's attention.
+
+    .venv/bin/python bench/bench_lora.py --jobs 8 --steps 10 --repeats 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from shared.catalog import Catalog, LoraSpec, ModelSpec  # noqa: E402
+from worker.execute import load_model, run_params  # noqa: E402
+from worker.lora.files import write_lora  # noqa: E402
+from worker.pipelines import DiffusionPipeline  # noqa: E402
+
+MODEL = ROOT / "models" / "kiln-shapes"
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+TEXT_TARGETS = ("q_proj", "v_proj")
+
+
+def random_adapter(pipe, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    g, state = torch.Generator().manual_seed(seed), {}
+    for component, targets in (("unet", UNET_TARGETS), ("text_encoder", TEXT_TARGETS)):
+        for name, module in getattr(pipe, component).named_modules():
+            if name.endswith(targets) and isinstance(module, torch.nn.Linear):
+                state[f"{component}.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.05
+                state[f"{component}.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.05
+    return state
+
+
+def job(k: int, steps: int, lora: str | None) -> dict:
+    return {"model": "kiln-shapes", "task": "text-to-image", "prompt": "a small red circle at the top left",
+            "negative_prompt": None, "width": 64, "height": 64, "steps": steps, "guidance_scale": 4.0,
+            "scheduler": "dpmpp_2m", "seed": k, "num_images": 1, "strength": None, "output_format": "png",
+            **({"loras": [{"name": lora, "scale": 1.0}]} if lora else {})}
+
+
+def batched(pool, loaded, catalog, jobs) -> float:
+    start = time.perf_counter()
+    for future in [pool.submit(run_params, loaded, "sd", params, lambda *_: None, None, None, catalog)
+                   for params in jobs]:
+        future.result()
+    return time.perf_counter() - start
+
+
+def one_at_a_time(pipe, catalog, jobs) -> float:
+    """Diffusers' single-adapter recipe per job: load, fuse, generate, unfuse, unload."""
+    start = time.perf_counter()
+    for params in jobs:
+        spec = catalog.get_lora(params["loras"][0]["name"])
+        pipe.load_lora_weights(spec.source, adapter_name=spec.name)
+        pipe.fuse_lora()
+        pipe(params["prompt"], height=64, width=64, num_inference_steps=params["steps"], guidance_scale=4.0,
+             generator=torch.Generator().manual_seed(params["seed"]))
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from worker.schedulers import build_scheduler
+
+    served = DiffusionPipeline.from_pretrained(MODEL)
+    alone = DiffusionPipeline.from_pretrained(MODEL)
+    alone.scheduler = build_scheduler("dpmpp_2m", alone.scheduler)
+    folder = Path(tempfile.mkdtemp(prefix="kiln-bench-lora-"))
+    loras = [LoraSpec(name=f"style-{k}", base="sd", source=str(write_lora(random_adapter(served, args.rank, k),
+                                                                            folder / f"style-{k}").parent))
+             for k in range(args.jobs)]
+    catalog = Catalog([ModelSpec(name="kiln-shapes", source=str(MODEL), family="sd")], loras)
+    loaded = load_model("kiln-shapes", served, max_rows=64)
+    pool = ThreadPoolExecutor(args.jobs)
+    with_lora = [job(k, args.steps, f"style-{k}") for k in range(args.jobs)]
+    without = [job(k, args.steps, None) for k in range(args.jobs)]
+    first = batched(pool, loaded, catalog, [job(k, 2, f"style-{k}") for k in range(args.jobs)])  # loads all
+    batched(pool, loaded, catalog, without[:2])
+    results: dict[str, list[float]] = {"mixed": [], "sequential": [], "plain": []}
+    for _ in range(args.repeats):  # alternate so drift in machine load hits every variant
+        results["mixed"].append(batched(pool, loaded, catalog, with_lora))
+        results["sequential"].append(one_at_a_time(alone, catalog, with_lora))
+        results["plain"].append(batched(pool, loaded, catalog, without))
+    print(f"jobs={args.jobs} steps={args.steps} rank={args.rank} threads={torch.get_num_threads()} "
+          f"(first mixed round incl. loading {args.jobs} adapters at 2 steps: {first:.2f} s)\n")
+    print("| variant | seconds (median) | images/s |")
+    print("|---|---|---|")
+    labels = {"mixed": f"{args.jobs} concurrent jobs, a different adapter each, batched",
+              "sequential": "one at a time: load, fuse, run, unfuse, unload",
+              "plain": f"{args.jobs} concurrent jobs, no adapter, batched"}
+    for key, label in labels.items():
+        seconds = statistics.median(results[key])
+        print(f"| {label} | {seconds:.2f} | {args.jobs / seconds:.2f} |", flush=True)
+    loaded.close()
+
+
+if __name__ == "__main__":
+    main()
