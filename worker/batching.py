@@ -56,6 +56,7 @@ class StepRequest:
     kwargs: dict[str, Any]  # encoder_hidden_states, timestep_cond, added_cond_kwargs (or empty)
     per_call: dict[str, torch.Tensor] = field(default_factory=dict)  # shared by all rows (img_ids, txt_ids)
     names: tuple[str, str] | None = None  # keyword names of sample and timestep; None: positional
+    per_call_key: tuple | None = None  # the per-call tensors' fingerprints, when the caller has them
     adapters: tuple[tuple[str, float], ...] = ()  # the job's LoRA (name, weight) pairs; rows mix freely
     done: threading.Event = field(default_factory=threading.Event)
     result: torch.Tensor | None = None
@@ -81,7 +82,11 @@ class StepRequest:
 
         return (shape(self.sample), self.timestep is None, self.names,
                 tuple(sorted((k, shape(v)) for k, v in self.kwargs.items())),
-                tuple(sorted((k, _fingerprint(v)) for k, v in self.per_call.items())))
+                self.per_call_key if self.per_call_key is not None else _per_call_key(self.per_call))
+
+
+def _per_call_key(per_call: dict[str, torch.Tensor]) -> tuple:
+    return tuple(sorted((k, _fingerprint(v)) for k, v in per_call.items()))
 
 
 def _fingerprint(tensor: torch.Tensor) -> tuple:
@@ -400,9 +405,18 @@ class BatchedTransformer(_StandIn):
         row = {k: _per_row(v, rows) if k == "guidance" else v for k, v in given.items() if k in self._ROW_KWARGS}
         per_call = {k: v[0] if v.ndim == 3 else v for k, v in given.items() if k in self._CALL_KWARGS}
         request = StepRequest(hidden_states, _per_row(timestep, rows, hidden_states.device), row, per_call,
-                              names=("hidden_states", "timestep"))
+                              names=("hidden_states", "timestep"), per_call_key=self._key(per_call))
         output = self.session.request(request)
         return ModelOutput(output) if return_dict else (output,)
+
+    def _key(self, per_call: dict[str, torch.Tensor]) -> tuple:
+        """The per-call tensors' fingerprint, computed in the job's thread and once per job: a
+        pipeline passes the same `img_ids`/`txt_ids` tensors at every step."""
+        tensors, key = self.__dict__.get("_per_call_cache", ({}, None))
+        if key is None or tensors.keys() != per_call.keys() or any(tensors[k] is not v for k, v in per_call.items()):
+            tensors, key = dict(per_call), _per_call_key(per_call)
+            self.__dict__["_per_call_cache"] = (tensors, key)
+        return key
 
 
 def _empty_dict(value: Any) -> bool:
