@@ -105,6 +105,16 @@ class ConfigMixin:
         """The constructor arguments (with the swap-rule bookkeeping attached, not as keys)."""
         return self._internal_config
 
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Add or replace config keys after construction (Diffusers' method of the same name).
+
+        The config stays frozen: a new one replaces it. Keys set here count as passed, not defaulted.
+        """
+        current = getattr(self, "_internal_config", FrozenConfig({}, type(self).__name__))
+        values = {**current, **{k: _jsonable(v) for k, v in kwargs.items()}}
+        defaulted = tuple(k for k in current.defaulted if k not in kwargs)
+        self._internal_config = FrozenConfig(values, current.source_class, defaulted)
+
     @classmethod
     def _init_parameters(cls) -> set[str]:
         signature = inspect.signature(cls.__init__)

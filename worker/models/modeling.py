@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -160,6 +161,19 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         fmt = "safetensors" if safe_serialization else "bin"
         save_state_dict(self.state_dict(), folder, variant=variant, max_shard_bytes=limit, fmt=fmt)
         return folder
+
+    def __getattr__(self, name: str) -> Any:
+        """Submodules and parameters as torch finds them; then config keys, deprecated as in Diffusers
+        (`unet.in_channels` works with a FutureWarning; write `unet.config.in_channels`)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            config = self.__dict__.get("_internal_config")
+            if config is None or name not in config:
+                raise
+        warnings.warn(f"reading config key {name!r} as an attribute of {type(self).__name__} is deprecated; "
+                      f"use .config.{name}", FutureWarning, stacklevel=2)
+        return config[name]
 
     @property
     def dtype(self) -> torch.dtype:

@@ -20,6 +20,7 @@ import torch
 
 from worker.configuration import FrozenConfig
 from worker.hub import MODEL_INDEX, PipelineFiles, fetch_pipeline_files
+from worker.models.modeling import ModelMixin
 from worker.pipelines import components as registry
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class DiffusionPipeline:
 
     # Components that may be None or absent from `model_index.json`.
     optional_components: ClassVar[tuple[str, ...]] = ()
+    _optional_components = optional_components  # Diffusers' name; subclasses set both
     # Non-component constructor arguments that `model_index.json` stores as plain values.
     option_names: ClassVar[tuple[str, ...]] = ()
 
@@ -97,10 +99,31 @@ class DiffusionPipeline:
         return torch.float32
 
     def to(self, *args: Any, **kwargs: Any) -> DiffusionPipeline:
-        """Move every model component: `pipe.to("cuda")`, `pipe.to(torch.float16)`, or both."""
+        """Move every model component: `pipe.to("cuda")`, `pipe.to(torch.float16)`, both, or
+        Diffusers' keywords `pipe.to(device=..., dtype=...)` / `torch_dtype=`."""
+        kwargs.pop("silence_dtype_warnings", None)
+        if "torch_dtype" in kwargs:
+            kwargs["dtype"] = kwargs.pop("torch_dtype")
         for module in self._modules():
             module.to(*args, **kwargs)
         return self
+
+    # ------------------------------------------------------------------ progress bar (direct calls)
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options (`disable=True`, `desc=...`) for the bars `__call__` shows; the serving
+        worker reports progress through job records instead and never shows a bar."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
+        """A tqdm bar over `iterable` (or of `total` steps) with the configured options."""
+        from tqdm.auto import tqdm
+
+        config = getattr(self, "_progress_bar_config", {})
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        if total is not None:
+            return tqdm(total=total, **config)
+        raise ValueError("progress_bar needs an iterable or a total")
 
     @classmethod
     def _init_parameters(cls) -> dict[str, inspect.Parameter]:
@@ -194,8 +217,17 @@ class DiffusionPipeline:
         return cls(**{k: v for k, v in values.items() if k in params})
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, save_directory: str | os.PathLike[str], variant: str | None = None) -> Path:
-        """Write `model_index.json` and one folder per component (Diffusers layout)."""
+    def save_pretrained(self, save_directory: str | os.PathLike[str], safe_serialization: bool = True,
+                        variant: str | None = None, max_shard_size: int | str | None = None,
+                        push_to_hub: bool = False, **kwargs: Any) -> Path:
+        """Write `model_index.json` and one folder per component (Diffusers layout).
+
+        `safe_serialization` and `max_shard_size` reach Kiln's models (`ModelMixin.save_pretrained`);
+        transformers components save with their own defaults. Kiln never uploads (`push_to_hub`).
+        """
+        if push_to_hub:
+            raise ValueError("Kiln's save_pretrained writes local folders only (no push_to_hub)")
+        model_kwargs = {"safe_serialization": safe_serialization, "max_shard_size": max_shard_size}
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         index: dict[str, Any] = {
@@ -207,7 +239,10 @@ class DiffusionPipeline:
                 index[name] = [None, None]
                 continue
             index[name] = [registry.library_of(component), type(component).__name__]
-            registry.save_component(component, folder / name, variant)
+            if isinstance(component, ModelMixin):
+                component.save_pretrained(folder / name, variant=variant, **model_kwargs)
+            else:
+                registry.save_component(component, folder / name, variant)
         index.update({k: v for k, v in self.config.items() if not k.startswith("_")})
         (folder / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return folder

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import lora_scale as text_lora_scale
 from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.output import ImagePipelineOutput
@@ -36,9 +37,11 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
     """SDXL base text-to-image; `text_encoder`/`tokenizer` may be None (refiner-style checkpoints)."""
 
     optional_components = ("tokenizer", "text_encoder", "image_encoder", "feature_extractor")
+    _optional_components = list(optional_components)
     option_names = ("force_zeros_for_empty_prompt",)
     scheduler_fixes: dict = {}
     callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    _callback_tensor_inputs = list(callback_tensor_inputs)
 
     def __init__(
         self,
@@ -81,6 +84,41 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         return torch.cat(states, dim=-1), pooled
 
     def encode_prompt(  # type: ignore[override]
+        self,
+        prompt: Prompt | None,
+        prompt_2: Prompt | None = None,
+        device: torch.device | str | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: Prompt | None = None,
+        negative_prompt_2: Prompt | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+        *,
+        guided: bool | None = None,
+    ) -> tuple[torch.Tensor | None, ...] | Conditioning:
+        """Diffusers' signature: `(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+        negative_pooled_prompt_embeds)`, B·n rows each (negatives None without guidance).
+
+        With Kiln's earlier keyword `guided=`, returns a `Conditioning` (see `encode_conditioning`).
+        """
+        guided_now = do_classifier_free_guidance if guided is None else guided
+        with text_lora_scale(lora_scale):
+            cond = self.encode_conditioning(
+                prompt, num_images_per_prompt, guided_now, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                clip_skip, prompt_2, negative_prompt_2, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+        if guided is not None:
+            return cond
+        move = (lambda t: t.to(device) if t is not None and device is not None else t)
+        negative_pooled = cond.negative_added.get("text_embeds") if cond.negative_added else None
+        return (move(cond.prompt_embeds), move(cond.negative_prompt_embeds), move(cond.added["text_embeds"]),
+                move(negative_pooled))
+
+    def encode_conditioning(  # type: ignore[override]
         self,
         prompt: Prompt | None,
         num_images_per_prompt: int = 1,

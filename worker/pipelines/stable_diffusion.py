@@ -31,6 +31,7 @@ from worker.pipelines.guidance import (
 from worker.pipelines.images import check_output_type, postprocess
 from worker.pipelines.output import ImagePipelineOutput
 from worker.lora import LoraLoaderMixin, scaled_by
+from worker.lora import lora_scale as text_lora_scale
 from worker.pipelines.pipeline_utils import DiffusionPipeline
 from worker.pipelines.prompts import Prompt, as_prompt_list, encode_sd, negative_prompts, repeat_per_image
 from worker.schedulers import randn_tensor
@@ -90,13 +91,89 @@ class Sampling:
     after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
-class StableDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
+class StableDiffusionMixin:
+    """Diffusers' switches on SD-family pipelines, and the state of the latest direct `__call__`.
+
+    The serving worker drives the stages itself and reads none of this. `guidance_scale`,
+    `num_timesteps` and `interrupt` describe the call in progress on this instance (callbacks
+    read them, and set `_interrupt = True` to skip the remaining steps).
+    """
+
+    _guidance_scale: Any = 7.5
+    _num_timesteps: int = 0
+    _interrupt: bool = False
+    _attention_slice_size: Any = None
+
+    @property
+    def guidance_scale(self) -> Any:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guided(self._guidance_scale)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def steps_bar(self, timesteps: Any) -> Any:
+        """`timesteps`, wrapped in a progress bar only when `set_progress_bar_config` enabled one."""
+        config = getattr(self, "_progress_bar_config", None)
+        if config is None or config.get("disable", False):
+            return timesteps
+        return self.progress_bar(timesteps)
+
+    # Attention slicing: Kiln attends with torch's fused SDPA kernel, which never materialises the
+    # score matrix, so slicing would not save memory; the switch is recorded and results are unchanged.
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        self._attention_slice_size = slice_size
+
+    def disable_attention_slicing(self) -> None:
+        self._attention_slice_size = None
+
+    def enable_vae_slicing(self) -> None:
+        """Decode the batch one image at a time (same images, less peak memory)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Encode/decode large images in overlapping, blended tiles (small seams possible)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al., 2023): backbone scales b1, b2 and skip scales s1, s2 of the first two up levels."""
+        self.unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def disable_freeu(self) -> None:
+        self.unet.disable_freeu()
+
+    def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        for model in [m for m, on in ((self.unet, unet), (self.vae, vae)) if on]:
+            model.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        for model in [m for m, on in ((self.unet, unet), (self.vae, vae)) if on]:
+            model.unfuse_qkv_projections()
+
+
+class StableDiffusionPipeline(LoraLoaderMixin, StableDiffusionMixin, DiffusionPipeline):
     """Text-to-image with a VAE, a CLIP text encoder and a `UNet2DConditionModel`."""
 
     optional_components = ("safety_checker", "feature_extractor", "image_encoder")
+    _optional_components = list(optional_components)
     option_names = ("requires_safety_checker",)
     scheduler_fixes = SD_SCHEDULER_FIXES
     callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    _callback_tensor_inputs = list(callback_tensor_inputs)
     default_guidance_scale = 7.5
 
     def __init__(
@@ -148,6 +225,38 @@ class StableDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
     def encode_prompt(
         self,
         prompt: Prompt | None,
+        device: torch.device | str | int | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: Prompt | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+        *,
+        guided: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | Conditioning:
+        """Diffusers' signature: `(prompt_embeds, negative_prompt_embeds)`, B·n rows each (the
+        negative is None without guidance). `lora_scale` scales text-encoder LoRA adapters.
+
+        Kiln's earlier form, `encode_prompt(prompt, n, guided, negative_prompt)` or with
+        `guided=`, still returns a `Conditioning` (use `encode_conditioning` in new code).
+        """
+        if guided is not None or _is_count(device):
+            n, guided = (device, num_images_per_prompt) if _is_count(device) else (num_images_per_prompt, guided)
+            negative = do_classifier_free_guidance if _is_count(device) else negative_prompt
+            return self.encode_conditioning(prompt, n, bool(guided), negative if isinstance(negative, (str, list))
+                                            else None, prompt_embeds, negative_prompt_embeds, clip_skip)
+        with text_lora_scale(lora_scale):
+            cond = self.encode_conditioning(prompt, num_images_per_prompt, do_classifier_free_guidance,
+                                            negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
+        move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+        negative = cond.negative_prompt_embeds
+        return move(cond.prompt_embeds), (move(negative) if negative is not None else None)
+
+    def encode_conditioning(
+        self,
+        prompt: Prompt | None,
         num_images_per_prompt: int = 1,
         guided: bool = True,
         negative_prompt: Prompt | None = None,
@@ -185,11 +294,12 @@ class StableDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
         """What every `__call__` starts with: check the output type and callback tensor names, encode
         the prompt (negatives only when guided) and add the guidance embedding of distilled UNets.
 
-        `encode_args` are `encode_prompt`'s arguments after `guided`, in its order.
+        `encode_args` are `encode_conditioning`'s arguments after `guided`, in its order.
         """
         check_output_type(output_type)
         self.check_callback_inputs(callback_inputs)
-        cond = self.encode_prompt(prompt, num_images_per_prompt, self.guided(guidance_scale), *encode_args)
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        cond = self.encode_conditioning(prompt, num_images_per_prompt, self.guided(guidance_scale), *encode_args)
         return self.guidance_condition(cond, guidance_scale)
 
     # ------------------------------------------------------------------ stage: schedule and noise
@@ -270,7 +380,10 @@ class StableDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
                 sampling: Sampling) -> torch.Tensor:
         """Run the scheduler over `timesteps` for one job; returns x_0 latents."""
         step_kwargs = scheduler_step_kwargs(scheduler, sampling.generator, sampling.eta)
-        for i, t in enumerate(timesteps):
+        self._num_timesteps = len(timesteps)
+        for i, t in enumerate(self.steps_bar(timesteps)):
+            if self.interrupt:  # set by a callback: the remaining steps are skipped
+                continue
             model_input = scheduler.scale_model_input(latents, t)
             noise = self.denoise_step(model_input, t, cond, sampling.guidance_scale, sampling.guidance_rescale)
             latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
@@ -373,6 +486,10 @@ class StableDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
                             callback_on_step_end_tensor_inputs)
         latents = self.denoise(latents, scheduler, scheduler.timesteps, cond, sampling)
         return self.finish(latents, output_type, return_dict)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_prompt_args(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds) -> None:
