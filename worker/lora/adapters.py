@@ -7,7 +7,7 @@ last adapter goes back to the plain layer it replaced.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from torch import nn
 from worker.lora.errors import LoraError, sample
 from worker.lora.formats import LoraTensors
 from worker.lora.layer import LoraLayerMixin, LoraWeights, lora_class_for
-from worker.lora.naming import fused_parts, layer_table
+from worker.lora.naming import adaptable_layers, fused_parts, layer_table
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayerMixin]]:
@@ -147,3 +147,28 @@ def adapter_bytes(model: nn.Module, adapter_name: str) -> int:
     """Memory held by one adapter's tensors in `model`."""
     return sum(t.numel() * t.element_size() for _, layer in lora_layers(model) if adapter_name in layer.lora
                for t in (layer.lora[adapter_name].down, layer.lora[adapter_name].up))
+
+
+def init_adapter(model: nn.Module, adapter_name: str, targets: Sequence[str], rank: int,
+                 alpha: float | None = None, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """A new trainable adapter on every Linear/Conv2d whose name ends with one of `targets`, active.
+
+    A starts Kaiming-uniform and B at zero (Hu et al. 2021), so the model is unchanged until trained.
+    Returns the tensors to optimise (A and B of each layer, `requires_grad`); the base weights are
+    the caller's to freeze. Save the result with `adapter_state_dict` / `LoraLoaderMixin.save_lora_adapter`.
+    """
+    chosen = {name: module for name, module in adaptable_layers(model) if name.endswith(tuple(targets))}
+    if not chosen:
+        raise LoraError(f"no Linear/Conv2d layer of {type(model).__name__} ends with any of {list(targets)}")
+    layers = {}
+    for name, module in chosen.items():
+        base = module.weight  # (out, in[, k, k])
+        down = torch.empty(rank, *base.shape[1:], dtype=torch.float32)
+        nn.init.kaiming_uniform_(down, a=5**0.5, generator=generator)
+        up = torch.zeros(base.shape[0], rank, *([1] * (base.ndim - 2)))
+        layers[name] = LoraTensors(down.to(base.dtype), up.to(base.dtype), alpha)
+    inject(model, adapter_name, layers)
+    set_active(model, {**active_adapters(model), adapter_name: 1.0})
+    tensors = [t for _, layer in lora_layers(model) if adapter_name in layer.lora
+               for t in (layer.lora[adapter_name].down, layer.lora[adapter_name].up)]
+    return [t.requires_grad_(True) for t in tensors]
