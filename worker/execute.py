@@ -181,6 +181,16 @@ def fit_inputs(inputs: dict[str, Image.Image], params: dict[str, Any]) -> dict[s
             for name, image in inputs.items()}
 
 
+def spatial_latents(pipe: Any, latents: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """Latents as (B, C, h, w) for a preview: FLUX's packed (B, h/2 · w/2, 4C) tokens unpacked."""
+    if latents.ndim != 3:
+        return latents
+    from worker.pipelines.flow import packed_latent_size, unpack_latents
+
+    h, w = packed_latent_size(params["height"], params["width"], pipe.vae_scale_factor)
+    return unpack_latents(latents, h, w)
+
+
 def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step: StepHook,
                inputs: dict[str, Image.Image] | None = None,
                on_preview: Callable[[int, torch.Tensor], None] | None = None,
@@ -201,7 +211,7 @@ def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step
                 session.leave()  # no more denoiser calls: don't hold the batch back while decoding
             on_step(step, total)
             if on_preview is not None and every and step % every == 0 and step < total:
-                on_preview(step, tensors["latents"])
+                on_preview(step, spatial_latents(pipe, tensors["latents"], params))
             return tensors
 
         kwargs = call_kwargs(params, family) | fit_inputs(inputs or {}, params)

@@ -177,3 +177,19 @@ def test_sd3_batched_equals_unbatched(sd3):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-3, job
     assert loaded.batcher.stats.calls < loaded.batcher.stats.job_steps
     loaded.close()
+
+
+def test_a_flux_job_through_run_params_with_previews(flux):
+    from worker.execute import run_params
+    from worker.previews import preview_image
+
+    loaded = load_model("flux", flux, max_rows=8)
+    params = {"task": "text-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 3, "scheduler": "flow_euler",
+              "guidance_scale": 3.5, "num_images": 1, "seed": 1, "width": 48, "height": 32, "true_cfg_scale": 1.0,
+              "max_sequence_length": 16, "preview_every": 1}
+    previews, steps = [], []
+    images = run_params(loaded, "flux", params, lambda step, total: steps.append((step, total)),
+                        on_preview=lambda step, latents: previews.append(preview_image(latents, False)))
+    assert images[0].size == (48, 32) and steps[-1] == (3, 3)
+    assert [p.size for p in previews] == [(24, 16)] * 2  # latents unpacked: 16 × 24 at scale 2
+    loaded.close()
