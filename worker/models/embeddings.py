@@ -59,8 +59,10 @@ class GaussianFourierProjection(nn.Module):
     """
 
     def __init__(self, embedding_size: int = 256, scale: float = 1.0, log: bool = True,
-                 flip_sin_to_cos: bool = False):
+                 flip_sin_to_cos: bool = False, second_draw: bool = True):
         super().__init__()
+        if second_draw:  # the reference draws twice and keeps the second (UNet2DModel), once in UNet2DCondition
+            torch.randn(embedding_size)
         self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
         self.log = log
         self.flip_sin_to_cos = flip_sin_to_cos

@@ -126,7 +126,7 @@ class UNet2DConditionModel(ModelMixin):
         """Time, class, added (SDXL) and text-projection embeddings; returns the time embedding width."""
         time_embed_dim, time_input_dim = _time_widths(config)
         if config.time_embedding_type == "fourier":
-            self.time_proj = GaussianFourierProjection(time_embed_dim // 2, log=False,
+            self.time_proj = GaussianFourierProjection(time_embed_dim // 2, log=False, second_draw=False,
                                                        flip_sin_to_cos=config.flip_sin_to_cos)
         else:
             self.time_proj = Timesteps(config.block_out_channels[0], config.flip_sin_to_cos, config.freq_shift)
