@@ -119,3 +119,17 @@ def test_adapter_names_and_files(sd, tmp_path):
     with pytest.raises(LoraError, match="pass weight_name"):
         sd.load_lora_weights(tmp_path)
     assert sd.load_lora_weights(tmp_path, weight_name="two.safetensors", adapter_name="two") == "two"
+
+
+def test_pre_peft_names_map_to_the_same_layers(sd):
+    unet_layer = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
+    text_layer = "encoder.layers.0"
+    a, b = torch.randn(2, 8), torch.randn(8, 2)
+    old = {f"{unet_layer}.processor.to_out_lora.down.weight": a, f"{unet_layer}.processor.to_out_lora.up.weight": b,
+           f"text_encoder.{text_layer}.self_attn.to_k_lora.down.weight": a,
+           f"text_encoder.{text_layer}.self_attn.to_k_lora.up.weight": b,
+           f"text_encoder.{text_layer}.mlp.fc2.lora_linear_layer.down.weight": torch.randn(2, 16),
+           f"text_encoder.{text_layer}.mlp.fc2.lora_linear_layer.up.weight": b}
+    sd.load_lora_weights(old, adapter_name="old")
+    assert sorted(adapter_tensors(sd, "old")) == [
+        f"text_encoder.{text_layer}.mlp.fc2", f"text_encoder.{text_layer}.self_attn.k_proj", f"unet.{unet_layer}.to_out.0"]

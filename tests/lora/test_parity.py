@@ -154,3 +154,23 @@ def _sgm_table(unet) -> dict[str, str]:
     from worker.lora.naming import _sgm_unet_alias, adaptable_layers
 
     return {alias: name for name, _ in adaptable_layers(unet) for alias in _sgm_unet_alias(unet, name)}
+
+
+def test_pre_peft_diffusers_file(sd_pair, tmp_path):
+    """The attention-processor layout of Diffusers' older training scripts (`processor.to_q_lora.down`)."""
+    import re
+
+    from safetensors.torch import save_file
+
+    from tests.lora.lora_files import random_lora
+
+    ref, pipe = sd_pair
+    base = images(pipe)
+    state = {}
+    for name, (down, up) in random_lora(ref.unet, ("to_q", "to_k", "to_v", "to_out.0"), 2, seed=8).items():
+        old = re.sub(r"\.to_(q|k|v)$", r".processor.to_\1_lora", name.replace(".to_out.0", ".processor.to_out_lora"))
+        state[f"unet.{old}.down.weight"], state[f"unet.{old}.up.weight"] = down, up
+    save_file(state, str(tmp_path / "old.safetensors"))
+    for p in sd_pair:
+        p.load_lora_weights(tmp_path / "old.safetensors", adapter_name="old")
+    assert_same(ref, pipe, base)

@@ -6,6 +6,9 @@ Layouts (`LAYOUTS`, tried in order; a file must match one completely):
   (`lora_adapter_metadata`: `<component>.lora_alpha`, `.alpha_pattern`, `.r`, `.rank_pattern`).
 - kohya / A1111: `lora_unet_<flat name>.lora_down.weight`, `.lora_up.weight`, `.alpha`, with
   `lora_te_` (SD 1.x text encoder), `lora_te1_` / `lora_te2_` (SDXL's two encoders).
+- Diffusers before PEFT: attention-processor keys `....attn1.processor.to_q_lora.down.weight`,
+  `to_out_lora`, `...q_proj.lora_linear_layer.up.weight`, `...to_q.lora.down.weight`, with or
+  without the `unet.` prefix; renamed to the PEFT layout (`_LEGACY_RENAMES`) and read as such.
 Without any α the scale is 1 (α = r), the PEFT convention.
 """
 
@@ -127,6 +130,35 @@ def _read_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, A
     return adapters
 
 
+# ---------------------------------------------------------------------- Diffusers before PEFT
+# (pattern, replacement) applied in order; the result is a Diffusers/PEFT key.
+_LEGACY_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"\.processor\.to_(q|k|v)_lora\.", r".to_\1.lora."),
+    (r"\.processor\.to_out_lora\.", r".to_out.0.lora."),
+    (r"\.self_attn\.to_(q|k|v)_lora\.", r".self_attn.\1_proj.lora."),
+    (r"\.self_attn\.to_out_lora\.", r".self_attn.out_proj.lora."),
+    (r"\.lora_linear_layer\.", r".lora."),
+    (r"\.lora\.down\.weight$", r".lora_A.weight"),
+    (r"\.lora\.up\.weight$", r".lora_B.weight"),
+)
+_LEGACY_KEY = re.compile(r".*(_lora|\.lora|\.lora_linear_layer)\.(down|up)\.weight$")
+
+
+def _is_legacy_diffusers(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(_LEGACY_KEY.fullmatch(key) for key in state_dict)
+
+
+def _read_legacy_diffusers(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Adapters:
+    renamed = {}
+    for key, tensor in state_dict.items():
+        for pattern, replacement in _LEGACY_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        if key.split(".", 1)[0] not in PEFT_COMPONENTS:  # the oldest files hold the UNet alone, unprefixed
+            key = f"unet.{key}"
+        renamed[key] = tensor
+    return _read_peft(renamed, metadata)
+
+
 def _check_complete(adapters: Adapters, layout: str) -> None:
     broken = [f"{component}.{layer}" for component, layers in adapters.items()
               for layer, entry in layers.items() if entry.down is None or entry.up is None]
@@ -138,4 +170,5 @@ def _check_complete(adapters: Adapters, layout: str) -> None:
 LAYOUTS: tuple[tuple[str, Callable[..., bool], Callable[..., Adapters]], ...] = (
     ("Diffusers/PEFT", _is_peft, _read_peft),
     ("kohya", _is_kohya, _read_kohya),
+    ("Diffusers (pre-PEFT)", _is_legacy_diffusers, _read_legacy_diffusers),
 )
