@@ -102,8 +102,12 @@ def test_components_the_pipeline_lacks(sd, tmp_path):
      r"do not fit a layer with weight \(4, 4, 3, 3\)"),
 ], ids=["half-a-layer", "dora", "wrong-shape"])
 def test_broken_files(sd, state, message):
+    good = {"unet.down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 8, 1, 1),
+            "unet.down_blocks.1.attentions.0.proj_in.lora_B.weight": torch.zeros(8, 2, 1, 1)}
+    same_layout = {**good, **state} if any(k.startswith("unet.") for k in state) else state
     with pytest.raises(LoraError, match=message):
-        sd.load_lora_weights(state)
+        sd.load_lora_weights(same_layout)
+    assert sd.get_list_adapters() == {} and not list(lora_layers(sd.unet))  # nothing half-loaded
 
 
 def test_adapter_names_and_files(sd, tmp_path):

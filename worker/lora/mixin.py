@@ -53,11 +53,16 @@ class LoraLoaderMixin:
         if name in self._loaded_names():
             raise LoraError(f"adapter name {name!r} is already in use; pick another or delete_adapters it first")
         resolved = self._resolve(parse_lora(state_dict, metadata))
-        for component, layers in resolved.items():
-            model = self.lora_models()[component]
-            adapters.inject(model, name, layers)
-            if activate:
-                adapters.set_active(model, {name: 1.0})
+        try:
+            for component, layers in resolved.items():
+                adapters.inject(self.lora_models()[component], name, layers)
+        except Exception:  # e.g. a layer whose tensors do not fit: take back what was added
+            for model in self.lora_models().values():
+                adapters.remove(model, [name])
+            raise
+        if activate:
+            for component in resolved:
+                adapters.set_active(self.lora_models()[component], {name: 1.0})
         return name
 
     def _resolve(self, parsed: Mapping[str, Mapping]) -> dict[str, dict]:
