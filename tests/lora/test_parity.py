@@ -88,6 +88,7 @@ def test_fused_then_unfused_then_unloaded(sd_pair, sd_lora_files):
     for p in sd_pair:
         p.load_lora_weights(sd_lora_files["a"], adapter_name="a")
         p.fuse_lora(lora_scale=0.8)
+    pipe.fuse_lora(lora_scale=0.8)  # already fused: nothing more is added (PEFT skips it too)
     assert_same(ref, pipe, base)
     for p in sd_pair:
         p.unfuse_lora()

@@ -94,6 +94,10 @@ def set_enabled(model: nn.Module, enabled: bool) -> None:
         layer.enabled = enabled
 
 
+def fused_names(model: nn.Module) -> set[str]:
+    return {name for _, layer in lora_layers(model) for name in layer.fused}
+
+
 def fuse(model: nn.Module, factors: Mapping[str, float]) -> None:
     for _, layer in lora_layers(model):
         layer.fuse(dict(factors))

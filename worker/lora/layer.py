@@ -86,7 +86,7 @@ class LoraLayerMixin:
             self.__dict__["_original_weight"] = self.weight.detach().clone()
         with torch.no_grad():
             for name, factor in factors.items():
-                if name in self.lora:
+                if name in self.lora and name not in self.fused:  # fusing twice would add it twice
                     delta = self.lora[name].delta_weight().to(self.weight.device) * factor
                     self.weight.add_(delta.to(self.weight.dtype))
                     self.fused[name] = factor

@@ -130,7 +130,8 @@ class LoraLoaderMixin:
         for component, model in self._components(components).items():
             active = adapters.active_adapters(model)
             chosen = active if adapter_names is None else {n: active.get(n, 1.0) for n in adapter_names}
-            factors = {n: w * lora_scale for n, w in chosen.items()}
+            fused = adapters.fused_names(model)
+            factors = {n: w * lora_scale for n, w in chosen.items() if n not in fused}
             adapters.fuse(model, factors)
             adapters.set_active(model, {**active, **factors})
             if safe_fusing and not all(p.isfinite().all() for p in model.parameters()):
