@@ -149,3 +149,18 @@ def run_alone(pipe, catalog, params):
     pipe.scheduler = build_scheduler(params["scheduler"], pipe.scheduler)
     return pipe(params["prompt"], height=params["height"], width=params["width"], num_inference_steps=params["steps"],
                 guidance_scale=params["guidance_scale"], generator=torch.Generator().manual_seed(params["seed"])).images[0]
+
+
+def test_a_bad_adapter_file_fails_the_job_and_pins_nothing(served, sd_folder, tmp_path):
+    from shared.errors import ModelLoadError
+    from worker.lora.serving import AdapterCache
+    from worker.pipelines import DiffusionPipeline
+
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    broken = LoraSpec(name="broken", source=str(tmp_path / "broken.safetensors"), base="sd")
+    cache = AdapterCache(DiffusionPipeline.from_pretrained(sd_folder), budget_bytes=2**30)
+    with pytest.raises(ModelLoadError, match="LoRA 'broken' could not be loaded") as info:
+        with cache.use([served.get_lora("ink"), broken]):
+            pass
+    assert info.value.code == "model_load_failed"
+    assert list(cache.loaded) == ["ink"] and cache._pins["ink"] == 0  # loaded, but free to evict

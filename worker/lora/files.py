@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from worker.lora.errors import LoraError
@@ -60,6 +61,13 @@ def _download(repo_id: str, filename: str, hub: Mapping[str, Any]) -> Path:
 
 
 def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        return _read_tensors(path)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as exc:  # corrupt, truncated, not a weight file
+        raise LoraError(f"cannot read LoRA weights from {path}: {exc}") from exc
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             tensors = {key: f.get_tensor(key) for key in f.keys()}

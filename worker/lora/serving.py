@@ -21,6 +21,7 @@ import weakref
 from collections import Counter, OrderedDict
 from typing import Any, ContextManager, Iterator, Mapping, Sequence
 
+from shared.errors import ModelLoadError
 from worker.lora import adapters
 from worker.lora.errors import LoraError
 from worker.lora.routing import adapter_rows
@@ -52,7 +53,7 @@ class AdapterCache:
         with self._lock:
             for spec in specs:
                 self._ensure(spec)
-                self._pins[spec.name] += 1
+            self._pins.update(spec.name for spec in specs)  # only once all are in: a failed load pins nothing
             self._evict()
         try:
             yield
@@ -64,8 +65,11 @@ class AdapterCache:
         if spec.name in self._sizes:
             self._sizes.move_to_end(spec.name)
             return
-        self.pipeline.load_lora_weights(spec.source, adapter_name=spec.name, weight_name=spec.weight_name,
-                                        activate=False, **({"revision": spec.revision} if spec.revision else {}))
+        try:
+            self.pipeline.load_lora_weights(spec.source, adapter_name=spec.name, weight_name=spec.weight_name,
+                                            activate=False, **({"revision": spec.revision} if spec.revision else {}))
+        except (LoraError, OSError) as exc:  # a bad or missing file fails the job, not the worker
+            raise ModelLoadError(f"LoRA {spec.name!r} could not be loaded: {exc}") from exc
         self._sizes[spec.name] = sum(adapters.adapter_bytes(m, spec.name) for m in self.pipeline.lora_models().values())
         logger.info("LoRA %s loaded (%.1f MB)", spec.name, self._sizes[spec.name] / 2**20)
 
