@@ -175,3 +175,23 @@ def test_pre_peft_diffusers_file(sd_pair, tmp_path):
     for p in sd_pair:
         p.load_lora_weights(tmp_path / "old.safetensors", adapter_name="old")
     assert_same(ref, pipe, base)
+
+
+def test_img2img_shares_the_adapters_and_takes_the_scale(sd_pair, sd_lora_files):
+    import diffusers
+    import numpy as np
+    import PIL.Image
+
+    from worker.pipelines import StableDiffusionImg2ImgPipeline
+
+    ref, pipe = sd_pair
+    for p in sd_pair:
+        p.load_lora_weights(sd_lora_files["a"], adapter_name="a")
+    ref_i2i = diffusers.StableDiffusionImg2ImgPipeline(**ref.components)
+    pipe_i2i = StableDiffusionImg2ImgPipeline(**pipe.components)  # same modules: the adapters come along
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    args = dict(prompt="a red cat", image=image, strength=0.8, num_inference_steps=3, output_type="np",
+                cross_attention_kwargs={"scale": 0.6})
+    expected = ref_i2i(generator=seeded(0), **args).images
+    got = pipe_i2i(generator=seeded(0), **args).images
+    assert max_diff(got, expected) < MAX_PIXEL_DIFF
