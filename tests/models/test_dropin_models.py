@@ -215,3 +215,30 @@ def test_cross_attention_scale_is_accepted_without_adapters():
     assert torch.equal(forward(model), forward(model, cross_attention_kwargs={"scale": 0.3}))
     with pytest.raises(ValueError, match="not supported"):
         forward(model, cross_attention_kwargs={"ip_adapter_masks": None})
+
+
+NCSNPP = dict(block_out_channels=(32, 64, 64, 64), in_channels=3, out_channels=3, layers_per_block=1, sample_size=16,
+              time_embedding_type="fourier", norm_eps=1e-6, mid_block_scale_factor=2 ** 0.5, norm_num_groups=None,
+              down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D", "SkipDownBlock2D"),
+              up_block_types=("SkipUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"))
+RESNET_SAMPLED = dict(block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1, sample_size=16,
+                      down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+                      up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"), attention_head_dim=4,
+                      downsample_type="resnet", upsample_type="resnet")
+
+
+@pytest.mark.parametrize("config,sigmas", [(NCSNPP, [0.5, 3.0]), (RESNET_SAMPLED, [10, 500])],
+                         ids=["ncsnpp", "resnet-sampling"])
+def test_more_unet2d_levels_match_diffusers(config, sigmas):
+    """NCSN++ levels (FIR resampling, input/output image skips, groups min(C/4, 32)) and
+    resnet-resampled levels: same seeded init and same outputs as diffusers."""
+    ref, got = seeded(diffusers.UNet2DModel, config), seeded(UNet2DModel, config)
+    assert all(torch.equal(v, got.state_dict()[k]) for k, v in ref.state_dict().items())
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)), torch.tensor(sigmas)
+    with torch.no_grad():
+        assert (ref(x, t).sample - got(x, t).sample).abs().max() < 1e-5
+
+
+def test_conditional_unet_refuses_image_carrying_levels():
+    with pytest.raises(ValueError, match="unknown down block type 'SkipDownBlock2D'"):
+        UNet2DConditionModel(**{**UNET_COND, "down_block_types": ("SkipDownBlock2D", "DownBlock2D")})

@@ -26,12 +26,18 @@ class ResnetBlock2D(nn.Module):
         time_embedding_norm: "default" adds the projected embedding before norm2;
             "scale_shift" projects to 2*out and modulates norm2's output.
         output_scale_factor: the sum (skip + residual) is divided by it.
+        up, down: resample x2 after the first norm/activation, on both paths (BigGAN-style
+            resampling resnets); `kernel` picks how: None (nearest up / 2x2 average down),
+            "fir" (FIR-filtered, NCSN++), "sde_vp" (nearest up / average down).
+        use_in_shortcut: force (or forbid) the 1x1 shortcut conv; default: only when widths differ.
+        skip_time_act: project the time embedding without activating it first.
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, temb_channels: int | None = 512,
                  groups: int = 32, groups_out: int | None = None, eps: float = 1e-6,
                  act_fn: str = "silu", time_embedding_norm: str = "default",
-                 output_scale_factor: float = 1.0, dropout: float = 0.0):
+                 output_scale_factor: float = 1.0, dropout: float = 0.0, up: bool = False, down: bool = False,
+                 kernel: str | None = None, use_in_shortcut: bool | None = None, skip_time_act: bool = False):
         super().__init__()
         out_channels = out_channels or in_channels
         if time_embedding_norm not in TIME_SCALE_SHIFTS:
@@ -50,16 +56,22 @@ class ResnetBlock2D(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.nonlinearity = get_activation(act_fn)
+        self.skip_time_act = skip_time_act
+        self.resample = _resampler(up, down, kernel)
         self.conv_shortcut = None
-        if in_channels != out_channels:
+        if (in_channels != out_channels) if use_in_shortcut is None else use_in_shortcut:
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         # Without autograd, elementwise steps reuse the fresh buffers they get (fewer allocations).
         inplace = not torch.is_grad_enabled()
-        h = self.conv1(activate(self.nonlinearity, self.norm1(x), inplace))
+        h = activate(self.nonlinearity, self.norm1(x), inplace)
+        if self.resample is not None:
+            x, h = self.resample(x), self.resample(h)
+        h = self.conv1(h)
         if self.time_emb_proj is not None and temb is not None:
-            temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]  # (B, C', 1, 1)
+            temb = temb if self.skip_time_act else self.nonlinearity(temb)
+            temb = self.time_emb_proj(temb)[:, :, None, None]  # (B, C', 1, 1)
         else:
             temb = None
         if self.time_embedding_norm == "scale_shift":
@@ -77,6 +89,65 @@ class ResnetBlock2D(nn.Module):
         if self.output_scale_factor != 1.0:
             out = out.div_(self.output_scale_factor) if inplace else out / self.output_scale_factor
         return out
+
+
+def _resampler(up: bool, down: bool, kernel: str | None):
+    """The parameter-free x2 resampling of an up/down resnet (None for a plain one)."""
+    if up and down:
+        raise ModelConfigError("a resnet block resamples up or down, not both")
+    if kernel not in (None, "fir", "sde_vp"):
+        raise ModelConfigError(f"resnet resampling kernel {kernel!r} is not supported; use None, 'fir' or 'sde_vp'")
+    if up:
+        return fir_upsample if kernel == "fir" else _nearest_x2
+    if down:
+        return fir_downsample if kernel == "fir" else _average_x2
+    return None
+
+
+def _nearest_x2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x.contiguous() if x.shape[0] >= 64 else x, scale_factor=2.0, mode="nearest")
+
+
+def _average_x2(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
+# FIR resampling of NCSN++ (Song et al., 2021), after StyleGAN2 (Karras et al., 2020): the separable
+# binomial filter [1, 3, 3, 1], normalised, applied by upfirdn2d (zero-insert, pad, filter, decimate).
+FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, (H·up + p0 + p1 − k + 1) / down, ...): upsample by zero insertion,
+    pad every side by (p0 before, p1 after), correlate each channel with the flipped 2-D `kernel`
+    (true convolution), keep every `down`-th sample."""
+    B, C, H, W = x.shape
+    if up > 1:
+        spread = x.new_zeros(B, C, H * up, W * up)
+        spread[..., ::up, ::up] = x
+        x = spread
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    weight = kernel.flip(0, 1).to(x)[None, None].expand(C, 1, *kernel.shape)
+    return F.conv2d(x, weight, groups=C)[..., ::down, ::down]
+
+
+def _fir_kernel(gain: float) -> torch.Tensor:
+    taps = torch.tensor(FIR_TAPS, dtype=torch.float32)
+    kernel = torch.outer(taps, taps)
+    return kernel / kernel.sum() * gain
+
+
+def fir_upsample(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """x2 FIR upsampling: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    p = len(FIR_TAPS) - factor
+    return upfirdn2d(x, _fir_kernel(factor**2), up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def fir_downsample(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """x2 FIR downsampling: (B, C, H, W) -> (B, C, H/2, W/2)."""
+    p = len(FIR_TAPS) - factor
+    return upfirdn2d(x, _fir_kernel(1.0), down=factor, pad=((p + 1) // 2, p // 2))
 
 
 class Downsample2D(nn.Module):

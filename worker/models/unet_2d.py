@@ -8,7 +8,7 @@ the time embedding.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ class UNet2DModel(ModelMixin):
         dropout: float = 0.0,
         act_fn: str = "silu",
         attention_head_dim: int | None = 8,
-        norm_num_groups: int = 32,
+        norm_num_groups: int | None = 32,
         attn_norm_num_groups: int | None = None,
         norm_eps: float = 1e-5,
         resnet_time_scale_shift: str = "default",
@@ -76,13 +76,15 @@ class UNet2DModel(ModelMixin):
                          eps=norm_eps, act_fn=act_fn, groups=norm_num_groups, time_scale_shift=resnet_time_scale_shift,
                          dropout=dropout, downsample_padding=downsample_padding,
                          attention_head_dim=attention_head_dim)
-        self.down_blocks = nn.ModuleList(down_levels(spec, down_block_types, block_out_channels))
+        self.down_blocks = nn.ModuleList(down_levels(replace(spec, resample=downsample_type), down_block_types,
+                                                     block_out_channels))
         self.mid_block = None
         if mid_block_type is not None:
             self.mid_block = build_block(MID_BLOCKS, "mid", mid_block_type, _mid_spec(spec, self.config))
         up_layers = [{"num_layers": layers_per_block + 1}] * len(up_block_types)
-        self.up_blocks = nn.ModuleList(up_levels(spec, up_block_types, block_out_channels, up_layers))
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, base, eps=norm_eps)
+        self.up_blocks = nn.ModuleList(up_levels(replace(spec, resample=upsample_type), up_block_types,
+                                                 block_out_channels, up_layers))
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups or min(base // 4, 32), base, eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
 
@@ -94,20 +96,40 @@ class UNet2DModel(ModelMixin):
         timesteps = timesteps_for_batch(timestep, sample.shape[0], sample.device)
         emb = self.time_embedding(self.time_proj(timesteps).to(self.dtype))  # (B, time_embed_dim)
         emb = self._add_class_embedding(emb, class_labels)
-        h = self.conv_in(sample)
-        skips = [h]
-        for block in self.down_blocks:
-            h, block_skips = block(h, emb)
-            skips.extend(block_skips)
+        h, skips = self._down(sample, emb)
         if self.mid_block is not None:
             h = self.mid_block(h, emb)
-        for block in self.up_blocks:
-            n = len(block.resnets)
-            h, skips = block(h, skips[-n:], emb), skips[:-n]
+        h, image = self._up(h, skips, emb)
         h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        if image is not None:  # NCSN++ output skip
+            h = h + image
         if self.config.time_embedding_type == "fourier":
             h = h / timesteps.reshape(-1, 1, 1, 1)  # score-SDE models predict noise / sigma
         return UNetOutput(sample=h) if return_dict else (h,)
+
+    def _down(self, sample: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Down path; NCSN++ levels also carry the input image down (their "input skip")."""
+        h, image = self.conv_in(sample), sample
+        skips = [h]
+        for block in self.down_blocks:
+            if block.takes_image:
+                h, block_skips, image = block(h, emb, image)
+            else:
+                h, block_skips = block(h, emb)
+            skips.extend(block_skips)
+        return h, skips
+
+    def _up(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Up path, consuming the skips in reverse; NCSN++ levels build the output-skip image."""
+        image = None
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            level_skips, skips = skips[-n:], skips[:-n]
+            if block.takes_image:
+                h, image = block(h, level_skips, emb, image)
+            else:
+                h = block(h, level_skips, emb)
+        return h, image
 
     def _add_class_embedding(self, emb: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         if self.class_embedding is None:
@@ -160,7 +182,8 @@ def _mid_spec(spec: BlockSpec, config) -> BlockSpec:
     channels = config.block_out_channels[-1]
     # The mid attention normalises only with the default time conditioning, unless told otherwise.
     norm = config.attn_norm_num_groups is not None or config.resnet_time_scale_shift == "default"
-    return replace(spec, in_channels=channels, out_channels=channels, num_layers=1,
+    groups = config.norm_num_groups or min(channels // 4, 32)  # None: NCSN++'s rule
+    return replace(spec, in_channels=channels, out_channels=channels, num_layers=1, groups=groups,
                    output_scale_factor=config.mid_block_scale_factor,
                    attention_head_dim=config.attention_head_dim or channels,
                    attention_norm=norm, attention_groups=config.attn_norm_num_groups,

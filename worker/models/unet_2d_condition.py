@@ -103,9 +103,11 @@ class UNet2DConditionModel(ModelMixin):
                          act_fn=act_fn, groups=norm_num_groups, time_scale_shift=resnet_time_scale_shift,
                          dropout=dropout, downsample_padding=downsample_padding,
                          use_linear_projection=use_linear_projection)
-        self.down_blocks = nn.ModuleList(down_levels(spec, down_block_types, block_out_channels, levels["down"]))
+        self.down_blocks = nn.ModuleList(down_levels(spec, down_block_types, block_out_channels, levels["down"],
+                                                     with_image=False))
         self.mid_block = _mid_block(spec, self.config, levels["mid"])
-        self.up_blocks = nn.ModuleList(up_levels(spec, up_block_types, block_out_channels, levels["up"]))
+        self.up_blocks = nn.ModuleList(up_levels(spec, up_block_types, block_out_channels, levels["up"],
+                                                 with_image=False))
         self.conv_norm_out = self.conv_act = None
         if norm_num_groups is not None:
             self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
