@@ -195,3 +195,22 @@ def test_img2img_shares_the_adapters_and_takes_the_scale(sd_pair, sd_lora_files)
     expected = ref_i2i(generator=seeded(0), **args).images
     got = pipe_i2i(generator=seeded(0), **args).images
     assert max_diff(got, expected) < MAX_PIXEL_DIFF
+
+
+def test_files_kiln_saves_load_in_diffusers(sd_pair, tmp_path):
+    """save_lora_adapter writes the Diffusers layout with PEFT metadata: diffusers reads α and ranks back."""
+    import torch
+
+    from tests.lora.lora_files import TEXT_TARGETS, UNET_TARGETS, random_lora
+
+    ref, pipe = sd_pair
+    base = images(pipe)
+    state = {}
+    for component, targets in (("unet", UNET_TARGETS), ("text_encoder", TEXT_TARGETS)):
+        for name, (down, up) in random_lora(getattr(pipe, component), targets, 2, seed=9).items():
+            state[f"{component}.{name}.lora_A.weight"], state[f"{component}.{name}.lora_B.weight"] = down, up
+            state[f"{component}.{name}.alpha"] = torch.tensor(0.5 if name.endswith("conv1") else 3.0)
+    pipe.load_lora_weights(state, adapter_name="kiln")
+    pipe.save_lora_adapter(tmp_path, "kiln")
+    ref.load_lora_weights(tmp_path, adapter_name="kiln")
+    assert_same(ref, pipe, base)
