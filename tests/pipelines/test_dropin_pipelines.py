@@ -202,3 +202,29 @@ def test_ddpm_progress_bar_and_save_options(tmp_path):
 def _saved(pipe, folder):
     pipe.save_pretrained(folder)
     return folder
+
+
+def test_from_pipe_shares_components_and_takes_missing_ones(sd):
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(sd)
+    assert img2img.vae is sd.vae and img2img.scheduler is sd.scheduler
+    assert img2img.config["requires_safety_checker"] == sd.config["requires_safety_checker"]
+    ddpm_unet = tiny.tiny_ddpm_pipeline().unet
+    with pytest.raises(ValueError, match="needs components"):
+        DDPMPipeline.from_pipe(_NoComponents())
+    assert DDPMPipeline.from_pipe(sd, unet=ddpm_unet).unet is ddpm_unet
+
+
+class _NoComponents:
+    config: dict = {}
+    components: dict = {}
+
+
+def test_offload_and_xformers_calls_are_accepted(sd):
+    """No CUDA here: offloading leaves the pipeline where it is; xFormers changes nothing (SDPA)."""
+    plain = sd(**call_args()).images
+    sd.enable_model_cpu_offload()
+    sd.enable_sequential_cpu_offload()
+    sd.enable_xformers_memory_efficient_attention()
+    assert sd.device.type == "cpu" and sd._execution_device.type == "cpu"
+    assert np.abs(sd(**call_args()).images - plain).max() == 0
+    sd.disable_xformers_memory_efficient_attention()

@@ -91,6 +91,10 @@ class DiffusionPipeline:
         self._offload_device = target
 
     @property
+    def _execution_device(self) -> torch.device:  # Diffusers' name, read by pipeline code
+        return self.device
+
+    @property
     def dtype(self) -> torch.dtype:
         """Floating dtype of the first model component (float32 when there is none)."""
         for module in self._modules():
@@ -107,6 +111,23 @@ class DiffusionPipeline:
         for module in self._modules():
             module.to(*args, **kwargs)
         return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Accepted for Diffusers code; Kiln does not offload: with that device present, every model
+        component moves there (more memory, no per-call transfers); without it, nothing changes."""
+        self._keep_on_device(gpu_id, device)
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """As `enable_model_cpu_offload`: accepted, no offloading (see there)."""
+        self._keep_on_device(gpu_id, device)
+
+    def _keep_on_device(self, gpu_id: int | None, device: str | torch.device) -> None:
+        target = torch.device(device)
+        if target.type == "cuda" and not torch.cuda.is_available():
+            logger.info("no CUDA device: CPU offload requested, the pipeline stays where it is")
+            return
+        index = gpu_id if gpu_id is not None else target.index
+        self.to(torch.device(target.type, index) if index is not None else target)
 
     # ------------------------------------------------------------------ progress bar (direct calls)
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -196,6 +217,13 @@ class DiffusionPipeline:
         if isinstance(class_name, list):
             return repo_pipeline_class(files, class_name, revision=revision, token=token)
         return pipeline_class(class_name)
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> DiffusionPipeline:
+        """A `cls` pipeline sharing `pipeline`'s components (no copies, no loading), as Diffusers'
+        `from_pipe`: components and options it lacks come from `kwargs` (which also replace shared ones)."""
+        options = {k: v for k, v in pipeline.config.items() if not k.startswith("_")}
+        return cls._construct({**options, **pipeline.components, **kwargs})
 
     @classmethod
     def _construct(cls, values: dict[str, Any]) -> DiffusionPipeline:

@@ -135,6 +135,13 @@ class StableDiffusionMixin:
     def disable_attention_slicing(self) -> None:
         self._attention_slice_size = None
 
+    # xFormers: Kiln's attention already runs on torch's memory-efficient SDPA kernels; accepted, no change.
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        self._xformers_requested = True
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        self._xformers_requested = False
+
     def enable_vae_slicing(self) -> None:
         """Decode the batch one image at a time (same images, less peak memory)."""
         self.vae.enable_slicing()
