@@ -127,6 +127,7 @@ class Settings(BaseSettings):
     worker_slots: int = Field(default=8, ge=1, le=256, description="jobs one worker runs at once")
     max_batch_rows: int = Field(default=16, ge=1, description="most samples in one batched model call")
     pipeline_cache_bytes: int = Field(default=8 * 1024**3, ge=0)
+    lora_cache_bytes: int = Field(default=1024**3, ge=0, description="LoRA adapters one loaded model keeps (LRU)")
     progress_interval_s: float = Field(default=0.25, ge=0)
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="worker /metrics + health port; 0: off")
 

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import weakref
 from collections import Counter, OrderedDict
 from typing import Any, ContextManager, Iterator, Mapping, Sequence
 
 from shared.errors import ModelLoadError
+from shared.settings import get_settings
 from worker.lora import adapters
 from worker.lora.errors import LoraError
 from worker.lora.routing import adapter_rows
 
 logger = logging.getLogger(__name__)
 
-BUDGET_ENV = "KILN_LORA_CACHE_MB"  # adapter bytes one loaded pipeline may hold (default below)
-DEFAULT_BUDGET_MB = 1024
 
 
 class AdapterCache:
@@ -92,8 +90,7 @@ def cache_for(pipeline: Any) -> AdapterCache:
     """The adapter cache of a loaded pipeline (made on first use, dropped with the pipeline)."""
     with _CACHES_LOCK:
         if pipeline not in _CACHES:
-            budget = int(float(os.environ.get(BUDGET_ENV, DEFAULT_BUDGET_MB)) * 2**20)
-            _CACHES[pipeline] = AdapterCache(pipeline, budget)
+            _CACHES[pipeline] = AdapterCache(pipeline, get_settings().lora_cache_bytes)  # KILN_LORA_CACHE_BYTES
         return _CACHES[pipeline]
 
 
