@@ -164,3 +164,49 @@ def test_a_bad_adapter_file_fails_the_job_and_pins_nothing(served, sd_folder, tm
             pass
     assert info.value.code == "model_load_failed"
     assert list(cache.loaded) == ["ink"] and cache._pins["ink"] == 0  # loaded, but free to evict
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key, data, content_type):
+        self.objects[key] = data
+
+
+class OneModel:
+    """The runner's pipeline cache, holding one loaded model."""
+
+    def __init__(self, loaded) -> None:
+        self.loaded = loaded
+
+    def acquire(self, name):
+        return self.loaded
+
+    def release(self, value):
+        pass
+
+
+def test_the_runner_serves_a_lora_job_and_fails_a_broken_one(redis_url, served, sd_folder, tmp_path):
+    from shared.jobs.record import Status
+    from shared.jobs.store import JobStore
+    from worker.execute import load_model
+    from worker.pipelines import DiffusionPipeline
+    from worker.runner import JobRunner
+
+    (tmp_path / "bad.safetensors").write_bytes(b"\0" * 16)
+    catalog = Catalog(list(served), [*served.loras, LoraSpec(name="bad", source=str(tmp_path / "bad.safetensors"),
+                                                              base="sd")])
+    store = JobStore.from_url(redis_url)
+    settings = load_settings(redis_url=redis_url, progress_interval_s=0)
+    loaded = load_model("tiny-sd", DiffusionPipeline.from_pretrained(sd_folder), max_rows=8)
+    runner = JobRunner(settings, store, MemoryStorage(), catalog, OneModel(loaded), "w1")
+    good, bad = (request(catalog, seed=3, loras=[{"name": name, "scale": 0.9}]) for name in ("ink", "bad"))
+    store.create("good", "owner", good, "kiln.default")
+    store.create("bad", "owner", bad, "kiln.default")
+    assert runner.run("good") == "succeeded" and store.get("good").params["loras"] == [{"name": "ink", "scale": 0.9}]
+    assert runner.run("bad") == "failed"
+    error = store.get("bad").error
+    assert error["code"] == "model_load_failed" and "LoRA 'bad'" in error["message"]
+    assert store.get("bad").status is Status.FAILED
+    loaded.close()
