@@ -214,3 +214,11 @@ def test_files_kiln_saves_load_in_diffusers(sd_pair, tmp_path):
     pipe.save_lora_adapter(tmp_path, "kiln")
     ref.load_lora_weights(tmp_path, adapter_name="kiln")
     assert_same(ref, pipe, base)
+
+
+def test_per_component_adapter_weights(sd_pair, sd_lora_files):
+    ref, pipe = sd_pair
+    for p in sd_pair:
+        p.load_lora_weights(sd_lora_files["a"], adapter_name="a")
+        p.set_adapters("a", {"unet": 0.5, "text_encoder": 0.0})
+    assert_same(ref, pipe)
