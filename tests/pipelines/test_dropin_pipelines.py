@@ -228,3 +228,21 @@ def test_offload_and_xformers_calls_are_accepted(sd):
     assert sd.device.type == "cpu" and sd._execution_device.type == "cpu"
     assert np.abs(sd(**call_args()).images - plain).max() == 0
     sd.disable_xformers_memory_efficient_attention()
+
+
+def test_sdxl_callback_tensors_include_added_conditioning(sdxl):
+    """SDXL's callback sees (and may replace) the pooled embeds and time ids of both branches."""
+    seen = {}
+
+    def look(pipe, i, t, tensors):
+        seen.update({k: tuple(v.shape) for k, v in tensors.items()})
+        if i == 0:
+            tensors["add_time_ids"] = tensors["add_time_ids"] * 0
+        return tensors
+
+    plain = sdxl(**call_args()).images
+    changed = sdxl(**call_args(), callback_on_step_end=look,
+                   callback_on_step_end_tensor_inputs=sdxl._callback_tensor_inputs).images
+    assert seen["add_time_ids"] == seen["negative_add_time_ids"] == (1, 6)
+    assert seen["add_text_embeds"] == seen["negative_pooled_prompt_embeds"] == (1, 8)
+    assert np.abs(changed - plain).max() > 1e-6

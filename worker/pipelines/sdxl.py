@@ -40,7 +40,8 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
     _optional_components = list(optional_components)
     option_names = ("force_zeros_for_empty_prompt",)
     scheduler_fixes: dict = {}
-    callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
+                              "negative_pooled_prompt_embeds", "negative_add_time_ids")
     _callback_tensor_inputs = list(callback_tensor_inputs)
 
     def __init__(

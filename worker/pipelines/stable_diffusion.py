@@ -77,6 +77,17 @@ def scheduler_step_kwargs(scheduler: Any, generator: Generator, eta: float) -> d
     return kwargs
 
 
+# Callback tensor name (Diffusers') -> where it lives in a `Conditioning`: (field, key in that dict or None).
+CALLBACK_TENSORS: dict[str, tuple[str, str | None]] = {
+    "prompt_embeds": ("prompt_embeds", None),
+    "negative_prompt_embeds": ("negative_prompt_embeds", None),
+    "add_text_embeds": ("added", "text_embeds"),
+    "add_time_ids": ("added", "time_ids"),
+    "negative_pooled_prompt_embeds": ("negative_added", "text_embeds"),
+    "negative_add_time_ids": ("negative_added", "time_ids"),
+}
+
+
 @dataclass
 class Sampling:
     """Per-call settings of the denoising loop (kept off the pipeline object)."""
@@ -402,15 +413,23 @@ class StableDiffusionPipeline(LoraLoaderMixin, StableDiffusionMixin, DiffusionPi
 
     def _run_callback(self, sampling: Sampling, i: int, t: Any, latents: torch.Tensor,
                       cond: Conditioning) -> tuple[torch.Tensor, Conditioning]:
-        """`callback_on_step_end(pipe, i, t, tensors)`; returned tensors replace the current ones."""
-        tensors = {"latents": latents, "prompt_embeds": cond.prompt_embeds,
-                   "negative_prompt_embeds": cond.negative_prompt_embeds}
+        """`callback_on_step_end(pipe, i, t, tensors)`; returned tensors replace the current ones.
+
+        Names map to `Conditioning` places through `CALLBACK_TENSORS`: (field, key of that dict field or None).
+        """
+        tensors = {"latents": latents}
+        for name in sampling.callback_inputs:
+            if name != "latents":
+                field, key = CALLBACK_TENSORS[name]
+                value = getattr(cond, field)
+                tensors[name] = value.get(key) if key is not None else value
         out = sampling.callback(self, i, t, {k: tensors[k] for k in sampling.callback_inputs}) or {}
-        cond = cond.with_(
-            prompt_embeds=out.get("prompt_embeds", cond.prompt_embeds),
-            negative_prompt_embeds=out.get("negative_prompt_embeds", cond.negative_prompt_embeds),
-        )
-        return out.get("latents", latents), cond
+        changes: dict[str, Any] = {}
+        for name, value in out.items():
+            if name in CALLBACK_TENSORS:
+                field, key = CALLBACK_TENSORS[name]
+                changes[field] = value if key is None else {**changes.get(field, getattr(cond, field)), key: value}
+        return out.get("latents", latents), cond.with_(**changes) if changes else cond
 
     def check_callback_inputs(self, names: Sequence[str]) -> None:
         unknown = [n for n in names if n not in self.callback_tensor_inputs]
