@@ -132,3 +132,57 @@ def test_fused_linear1_splits_into_q_k_v_and_mlp(flux_folder):
     assert torch.equal(mlp.lora["fused"].up, up[3 * q.out_features :])
     assert torch.equal(mlp.lora["fused"].down, state["lora_unet_single_blocks_0_linear1.lora_down.weight"])
     assert q.lora["fused"].scaling == 0.5  # α 1 / rank 2
+
+
+def test_flux_jobs_with_different_adapters_share_calls(flux_folder):
+    """Through the worker's path (run_params, BatchedTransformer, adapter LRU): each job equals itself alone."""
+    import threading
+
+    import numpy as np
+
+    from shared.catalog import Catalog, LoraSpec, ModelSpec
+    from worker.execute import load_model, run_params
+    from worker.lora.files import write_lora
+    from worker.pipelines import DiffusionPipeline
+    from worker.schedulers import build_scheduler
+
+    served = DiffusionPipeline.from_pretrained(flux_folder)
+    folder = flux_folder.parent / "flux-loras"
+    loras = [LoraSpec(name=name, base="flux", source=str(write_lora(
+        {f"transformer.{k}": v for k, v in peft_layers(random_lora(served.transformer, FLUX_TARGETS, 2, seed,
+                                                                   std=0.3)).items()}, folder / name).parent))
+             for seed, name in enumerate(("x", "y"))]
+    catalog = Catalog([ModelSpec(name="flux", source=str(flux_folder), family="flux", guidance_distilled=True)], loras)
+    loaded = load_model("flux", served, max_rows=8)
+    base = {"task": "text-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 2, "scheduler": "flow_euler",
+            "guidance_scale": 3.5, "num_images": 1, "width": 32, "height": 32, "true_cfg_scale": 1.0,
+            "max_sequence_length": 16}
+    jobs = [{**base, "seed": 1, "loras": [{"name": "x", "scale": 1.0}]}, {**base, "seed": 2},
+            {**base, "seed": 3, "loras": [{"name": "x", "scale": 0.4}, {"name": "y", "scale": 0.8}]}]
+    results, barrier = {}, threading.Barrier(len(jobs))
+
+    def run(i):
+        barrier.wait()
+        results[i] = run_params(loaded, "flux", jobs[i], lambda *_: None, catalog=catalog)[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert loaded.batcher.stats.rows > loaded.batcher.stats.calls  # the jobs shared calls
+    alone = DiffusionPipeline.from_pretrained(flux_folder)
+    alone.scheduler = build_scheduler("flow_euler", alone.scheduler)
+    for spec in loras:
+        alone.load_lora_weights(spec.source, adapter_name=spec.name)
+    for i, job in enumerate(jobs):
+        chosen = job.get("loras", [])
+        alone.set_adapters([c["name"] for c in chosen], [c["scale"] for c in chosen])
+        expected = alone("a cat", num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
+                         max_sequence_length=16, generator=torch.Generator().manual_seed(job["seed"])).images[0]
+        assert np.abs(np.asarray(results[i], int) - np.asarray(expected, int)).max() <= 1
+    alone.set_adapters([])
+    plain = alone("a cat", num_inference_steps=2, guidance_scale=3.5, height=32, width=32, max_sequence_length=16,
+                  generator=torch.Generator().manual_seed(1)).images[0]
+    assert np.abs(np.asarray(results[0], int) - np.asarray(plain, int)).max() > 10  # adapter x did something
+    loaded.close()
