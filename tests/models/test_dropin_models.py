@@ -242,3 +242,12 @@ def test_more_unet2d_levels_match_diffusers(config, sigmas):
 def test_conditional_unet_refuses_image_carrying_levels():
     with pytest.raises(ValueError, match="unknown down block type 'SkipDownBlock2D'"):
         UNet2DConditionModel(**{**UNET_COND, "down_block_types": ("SkipDownBlock2D", "DownBlock2D")})
+
+
+def test_memory_attention_switches_are_accepted_and_change_nothing():
+    model = seeded(UNet2DConditionModel, UNET_COND)
+    plain = forward(model)
+    model.enable_xformers_memory_efficient_attention()
+    model.set_attention_slice("auto")
+    assert torch.equal(forward(model), plain)
+    model.disable_xformers_memory_efficient_attention()

@@ -252,6 +252,17 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
             if hasattr(module, "fuse_projections"):
                 module.fuse_projections()
 
+    # Memory-saving attention switches of Diffusers: Kiln attends with torch's SDPA kernels, which
+    # never materialise the score matrix, so these are accepted and change nothing.
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        self._xformers_requested = True
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        self._xformers_requested = False
+
+    def set_attention_slice(self, slice_size: str | int | list[int] | None) -> None:
+        self._attention_slice_size = slice_size
+
     def unfuse_qkv_projections(self) -> None:
         for module in self.modules():
             if hasattr(module, "unfuse_projections"):

@@ -142,9 +142,11 @@ class StableDiffusionMixin:
     # score matrix, so slicing would not save memory; the switch is recorded and results are unchanged.
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
         self._attention_slice_size = slice_size
+        self.unet.set_attention_slice(slice_size)
 
     def disable_attention_slicing(self) -> None:
         self._attention_slice_size = None
+        self.unet.set_attention_slice(None)
 
     # xFormers: Kiln's attention already runs on torch's memory-efficient SDPA kernels; accepted, no change.
     def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
