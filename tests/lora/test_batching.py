@@ -101,3 +101,13 @@ def test_routed_rows_refuse_fused_weights(pipe):
     finally:
         pipe.unfuse_lora()
         pipe.set_adapters("a")
+
+
+@torch.no_grad()
+def test_unet_cross_attention_scale_scales_the_adapters(pipe):
+    x, t, text = unet_inputs(2)
+    with lora_scale(0.4):
+        expected = run_unet(pipe.unet, x, t, text)
+    got = pipe.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"scale": 0.4}).sample
+    full = run_unet(pipe.unet, x, t, text)
+    assert torch.equal(got, expected) and (got - full).abs().max() > 1e-3

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from worker.configuration import register_to_config
+from worker.lora.mixin import scaled_by
 from worker.models.activations import get_activation
 from worker.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, timesteps_for_batch
 from worker.models.errors import ModelConfigError
@@ -145,6 +146,7 @@ class UNet2DConditionModel(ModelMixin):
         self.time_embed_act = get_activation(config.time_embedding_act_fn) if config.time_embedding_act_fn else None
         return time_embed_dim
 
+    @scaled_by("cross_attention_kwargs")  # {"scale": s} scales the LoRA adapters, as in Diffusers
     def forward(
         self,
         sample: torch.Tensor,
@@ -261,10 +263,10 @@ def _mid_block(spec: BlockSpec, config, overrides: dict[str, Any]) -> nn.Module 
 
 
 def _mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, M) keep-mask -> (B, 1, 1, M) additive bias: 0 to keep, -10000 to drop (as the reference)."""
+    """(B, M) keep-mask -> (B, 1, M) additive bias: 0 to keep, -10000 to drop (as the reference)."""
     if mask is None:
         return None
-    return ((1 - mask.to(dtype)) * -10000.0)[:, None, None, :]
+    return ((1 - mask.to(dtype)) * -10000.0)[:, None, :]
 
 
 def _time_widths(config) -> tuple[int, int]:
