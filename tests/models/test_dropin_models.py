@@ -13,6 +13,7 @@ import warnings
 import diffusers
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0 as DiffusersAttnProcessor2_0
 
 from worker.models import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 from worker.models.attention import AttnProcessor, AttnProcessor2_0
@@ -251,3 +252,52 @@ def test_memory_attention_switches_are_accepted_and_change_nothing():
     model.set_attention_slice("auto")
     assert torch.equal(forward(model), plain)
     model.disable_xformers_memory_efficient_attention()
+
+
+class CountingProcessor:
+    """A processor written against Diffusers' Attention helpers (as community processors are)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        self.calls += 1
+        residual, spatial = hidden_states, hidden_states.ndim == 4
+        if spatial:
+            B, C, H, W = hidden_states.shape
+            hidden_states = hidden_states.view(B, C, H * W).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        mask = attn.prepare_attention_mask(attention_mask, context.shape[1], hidden_states.shape[0])
+        q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        out = attn.batch_to_head_dim(torch.bmm(attn.get_attention_scores(q, k, mask), v))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if spatial:
+            out = out.transpose(1, 2).reshape(B, C, H, W)
+        out = out + residual if attn.residual_connection else out
+        return out / attn.rescale_output_factor
+
+
+@pytest.mark.parametrize("processor", [DiffusersAttnProcessor2_0, CountingProcessor])
+@pytest.mark.parametrize("config", [UNET_COND, VAE], ids=["unet", "vae"])
+def test_processors_written_for_diffusers_run_on_kiln_layers(processor, config):
+    """Diffusers' own processor classes, and processors using its Attention helpers, plug into Kiln's
+    layers (cross-attention with a text mask, and the VAE's spatial attention) with the same result."""
+    cls = UNet2DConditionModel if config is UNET_COND else AutoencoderKL
+    model = seeded(cls, config)
+    x = dict(unet_cond_inputs(), encoder_attention_mask=torch.tensor([[1, 1, 0], [1, 1, 1]])) \
+        if cls is UNet2DConditionModel else {"sample": torch.randn(2, 3, 16, 16)}
+    with torch.no_grad():
+        ref = model(**x).sample
+        proc = processor()
+        model.set_attn_processor(proc)
+        got = model(**x).sample
+    assert (ref - got).abs().max() < 1e-5
+    assert getattr(proc, "calls", 1) > 0
+
+
+def test_encoder_attention_mask_matches_diffusers():
+    ref, got = seeded(diffusers.UNet2DConditionModel, UNET_COND), seeded(UNet2DConditionModel, UNET_COND)
+    mask = torch.tensor([[1, 0, 1], [1, 1, 1]])
+    assert (forward(ref, encoder_attention_mask=mask) - forward(got, encoder_attention_mask=mask)).abs().max() < 1e-5

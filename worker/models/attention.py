@@ -3,6 +3,12 @@
 `Attention` works on token sequences (B, N, C) and serves as self- or cross-attention in
 transformer blocks. `SpatialSelfAttention` is the single-block attention of UNet2D / VAE
 levels: GroupNorm, self-attention over the H*W positions, residual add.
+
+The work is done by a processor, called as Diffusers calls its processors:
+`processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)`, with the
+attributes and helpers Diffusers' processors read (`heads`, `scale`, `group_norm`,
+`residual_connection`, `rescale_output_factor`, `prepare_attention_mask`, `head_to_batch_dim`,
+`get_attention_scores`, `batch_to_head_dim`, ...), so processors written for Diffusers run here.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ class Attention(nn.Module):
         out_bias: whether the output projection has a bias.
     """
 
+    # Features of Diffusers' Attention that Kiln's layers never use; processors read them.
+    spatial_norm = norm_cross = norm_q = norm_k = None
+    upcast_attention = upcast_softmax = False
+
     def __init__(self, query_dim: int, cross_attention_dim: int | None = None, heads: int = 8,
                  dim_head: int = 64, bias: bool = False, out_bias: bool = True,
                  out_dim: int | None = None, dropout: float = 0.0):
@@ -29,7 +39,12 @@ class Attention(nn.Module):
         inner_dim = heads * dim_head
         context_dim = cross_attention_dim or query_dim
         self.heads = heads
+        self.scale = dim_head**-0.5
+        self.inner_dim = inner_dim
         self.is_cross_attention = cross_attention_dim is not None
+        self.group_norm: nn.GroupNorm | None = None
+        self.residual_connection = False
+        self.rescale_output_factor = 1.0
         self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
         self.to_k = nn.Linear(context_dim, inner_dim, bias=bias)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
@@ -38,9 +53,66 @@ class Attention(nn.Module):
         self.processor: AttnProcessor = AttnProcessor2_0()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, query_dim), context (B, M, context_dim) -> (B, N, out_dim)."""
-        return self.processor(self, x, context, attention_mask)
+                attention_mask: torch.Tensor | None = None, **cross_attention_kwargs) -> torch.Tensor:
+        """x (B, N, query_dim) or (B, C, H, W), context (B, M, context_dim) -> x's shape (out_dim channels).
+
+        `attention_mask`: additive bias (B, 1, M) (or (B, M)), 0 to keep a key, large negative to drop it.
+        """
+        return self.processor(self, x, context, attention_mask, **cross_attention_kwargs)
+
+    # ------------------------------------------------------------------ steps shared by processors
+    def tokens_in(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) or (B, N, C) -> (B, N, C) tokens, group-normalised when the layer has a norm."""
+        x = hidden_states
+        if x.ndim == 4:
+            B, C, H, W = x.shape
+            x = x.view(B, C, H * W).transpose(1, 2)
+        if self.group_norm is not None:
+            x = self.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        return x
+
+    def tokens_out(self, out: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Back to the input's layout, plus the residual (when the layer has one), / rescale factor."""
+        if hidden_states.ndim == 4:
+            out = out.transpose(1, 2).reshape(hidden_states.shape[0], -1, *hidden_states.shape[2:])
+        if self.residual_connection:
+            out = out + hidden_states
+        return out / self.rescale_output_factor if self.rescale_output_factor != 1.0 else out
+
+    def prepare_attention_mask(self, attention_mask: torch.Tensor | None, target_length: int, batch_size: int,
+                               out_dim: int = 3) -> torch.Tensor | None:
+        """Bias (B, 1, M) or (B, M) -> (B·heads, 1, M) (`out_dim=3`) or (B, heads, 1, M) (`out_dim=4`),
+        right-padded with zeros to `target_length` keys."""
+        if attention_mask is None:
+            return None
+        if attention_mask.shape[-1] < target_length:
+            attention_mask = F.pad(attention_mask, (0, target_length - attention_mask.shape[-1]), value=0.0)
+        if attention_mask.ndim == 2:
+            attention_mask = attention_mask[:, None, :]
+        if out_dim == 4:
+            return attention_mask[:, None].repeat_interleave(self.heads, dim=1)
+        if attention_mask.shape[0] < batch_size * self.heads:
+            attention_mask = attention_mask.repeat_interleave(self.heads, dim=0)
+        return attention_mask
+
+    def head_to_batch_dim(self, tensor: torch.Tensor, out_dim: int = 3) -> torch.Tensor:
+        """(B, N, heads·d) -> (B·heads, N, d) (`out_dim=3`) or (B, heads, N, d) (`out_dim=4`)."""
+        B, N, _ = tensor.shape
+        tensor = tensor.reshape(B, N, self.heads, -1).permute(0, 2, 1, 3)
+        return tensor.reshape(B * self.heads, N, -1) if out_dim == 3 else tensor
+
+    def batch_to_head_dim(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(B·heads, N, d) -> (B, N, heads·d)."""
+        BH, N, d = tensor.shape
+        return tensor.reshape(BH // self.heads, self.heads, N, d).permute(0, 2, 1, 3).reshape(BH // self.heads, N, -1)
+
+    def get_attention_scores(self, query: torch.Tensor, key: torch.Tensor,
+                             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q kᵀ · scale + mask): (B·heads, N, d), (B·heads, M, d) -> (B·heads, N, M)."""
+        scores = torch.bmm(query, key.transpose(1, 2)) * self.scale
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        return scores.softmax(dim=-1).to(query.dtype)
 
     def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """q (B, heads, N, d), k and v (B, heads, M, d); one matmul each with fused projections."""
@@ -94,22 +166,27 @@ class AttnProcessor:
     """Attention as written in the paper: softmax(Q K^T / sqrt(d) + mask) V, materialising the
     (N, M) score matrix (Diffusers' default after `set_default_attn_processor`)."""
 
-    def __call__(self, attn: Attention, x: torch.Tensor, context: torch.Tensor | None = None,
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        q, k, v = attn.project_qkv(x, context)
-        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, heads, N, M)
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        return attn.merge_heads(scores.softmax(dim=-1).to(v.dtype) @ v)
+        x = attn.tokens_in(hidden_states)  # (B, N, C)
+        q, k, v = attn.project_qkv(x, encoder_hidden_states)  # (B, heads, N|M, d)
+        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], x.shape[0], out_dim=4)
+        return attn.tokens_out(attn.merge_heads(self.attend(attn, q, k, v, mask)), hidden_states)
+
+    def attend(self, attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        scores = q @ k.transpose(-1, -2) * attn.scale  # (B, heads, N, M)
+        if mask is not None:
+            scores = scores + mask
+        return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 class AttnProcessor2_0(AttnProcessor):
     """The same attention through torch's fused `scaled_dot_product_attention` kernel (default)."""
 
-    def __call__(self, attn: Attention, x: torch.Tensor, context: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        q, k, v = attn.project_qkv(x, context)
-        return attn.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask))
+    def attend(self, attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 # Diffusers' names for processors that compute the same thing here.
@@ -130,13 +207,10 @@ class SpatialSelfAttention(Attention):
         dim_head = dim_head or channels
         super().__init__(channels, heads=channels // dim_head, dim_head=dim_head, bias=True)
         self.group_norm = nn.GroupNorm(norm_groups, channels, eps=eps, affine=True) if norm_groups else None
+        self.residual_connection = True
         self.rescale_output_factor = rescale_output_factor
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.group_norm(x) if self.group_norm is not None else x
-        tokens = h.view(B, C, H * W).transpose(1, 2)  # (B, HW, C)
-        out = super().forward(tokens).transpose(1, 2).reshape(B, C, H, W)
-        out = out + x
-        return out / self.rescale_output_factor if self.rescale_output_factor != 1.0 else out
+                attention_mask: torch.Tensor | None = None, **cross_attention_kwargs) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W): self-attention over the H·W positions (the context is ignored)."""
+        return self.processor(self, x, None, None, **cross_attention_kwargs)
