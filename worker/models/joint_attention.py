@@ -72,6 +72,8 @@ class JointAttention(nn.Module):
         """
         q, k, v = self._project(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)  # (B, H, N, d)
         if context is not None:
+            if self.add_q_proj is None:
+                raise ValueError("this attention layer was built without context projections (context_dim=None)")
             cq, ck, cv = self._project(context, self.add_q_proj, self.add_k_proj, self.add_v_proj,
                                        self.norm_added_q, self.norm_added_k)  # (B, H, M, d)
             q, k, v = torch.cat([cq, q], dim=2), torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)

@@ -13,6 +13,7 @@ block runs attention and MLP in parallel on [c, x] concatenated (Dehghani et al.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from worker.models.feed_forward import GELUFeedForward
@@ -21,6 +22,13 @@ from worker.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 
 FP16_MAX = 65504.0
 Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+def run_block(block: nn.Module, checkpointing: bool, *args) -> tuple:
+    """block(*args); with `checkpointing` and autograd on, its activations are recomputed in backward."""
+    if checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 def clip_fp16(x: torch.Tensor) -> torch.Tensor:

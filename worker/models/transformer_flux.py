@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from worker.configuration import register_to_config
-from worker.models.mmdit_blocks import JointTransformerBlock, SingleTransformerBlock
+from worker.models.mmdit_blocks import JointTransformerBlock, SingleTransformerBlock, run_block
 from worker.models.modeling import ModelMixin
 from worker.models.normalization import AdaLayerNormContinuous
 from worker.models.rope import RotaryPosEmbed
@@ -64,6 +64,7 @@ class FluxTransformer2DModel(ModelMixin):
         ])
         self.norm_out = AdaLayerNormContinuous(dim, dim, eps=1e-6)
         self.proj_out = nn.Linear(dim, patch_size * patch_size * self.out_channels)
+        self.gradient_checkpointing = False  # set by enable_gradient_checkpointing (training)
 
     def forward(
         self,
@@ -102,11 +103,11 @@ class FluxTransformer2DModel(ModelMixin):
         c = self.context_embedder(encoder_hidden_states)  # (B, M, D)
         rope = self.pos_embed(torch.cat([_ids_2d(txt_ids, "txt_ids"), _ids_2d(img_ids, "img_ids")], dim=0))
         for index, block in enumerate(self.transformer_blocks):
-            c, x = block(x, c, temb, rope)
+            c, x = run_block(block, self.gradient_checkpointing, x, c, temb, rope)
             x = _add_control(x, controlnet_block_samples, index, len(self.transformer_blocks),
                              controlnet_blocks_repeat)
         for index, block in enumerate(self.single_transformer_blocks):
-            c, x = block(x, c, temb, rope)
+            c, x = run_block(block, self.gradient_checkpointing, x, c, temb, rope)
             x = _add_control(x, controlnet_single_block_samples, index, len(self.single_transformer_blocks))
         output = self.proj_out(self.norm_out(x, temb))  # (B, N, p * p * out_channels)
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)

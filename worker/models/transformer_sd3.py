@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from worker.configuration import register_to_config
-from worker.models.mmdit_blocks import JointTransformerBlock
+from worker.models.mmdit_blocks import JointTransformerBlock, run_block
 from worker.models.modeling import ModelMixin
 from worker.models.normalization import AdaLayerNormContinuous
 from worker.models.patch_embed import PatchEmbed
@@ -63,6 +63,7 @@ class SD3Transformer2DModel(ModelMixin):
         ])
         self.norm_out = AdaLayerNormContinuous(dim, dim, eps=1e-6)
         self.proj_out = nn.Linear(dim, patch_size * patch_size * self.out_channels)
+        self.gradient_checkpointing = False  # set by enable_gradient_checkpointing (training)
 
     def forward(
         self,
@@ -96,7 +97,7 @@ class SD3Transformer2DModel(ModelMixin):
         skip = set(skip_layers or ())
         for index, block in enumerate(self.transformer_blocks):
             if index not in skip:
-                c, x = block(x, c, temb)
+                c, x = run_block(block, self.gradient_checkpointing, x, c, temb)
             if block_controlnet_hidden_states is not None and not block.context_pre_only:
                 interval = len(self.transformer_blocks) / len(block_controlnet_hidden_states)
                 x = x + block_controlnet_hidden_states[int(index / interval)]
