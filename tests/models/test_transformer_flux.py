@@ -159,6 +159,10 @@ def test_wrong_inputs_are_named():
         _run(model, dict(inputs, img_ids=inputs["img_ids"][0]))
     with pytest.raises(ValueError, match="txt_ids"):
         _run(model, {k: v for k, v in inputs.items() if k != "txt_ids"})
+    with pytest.raises(ValueError, match="joint_attention_kwargs"):
+        _run(model, dict(inputs, joint_attention_kwargs={"ip_adapter_image_embeds": torch.zeros(1)}))
+    # A LoRA scale with no adapters loaded changes nothing.
+    assert torch.equal(_run(model, dict(inputs, joint_attention_kwargs={"scale": 0.5})), _run(model, inputs))
     with pytest.raises(ValueError, match="axes_dims_rope"):
         FluxTransformer2DModel(**dict(CONFIG, axes_dims_rope=(4, 4, 4)))
 

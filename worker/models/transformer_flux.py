@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from worker.configuration import register_to_config
+from worker.lora.mixin import scaled_by
 from worker.models.mmdit_blocks import JointTransformerBlock, SingleTransformerBlock, run_block
 from worker.models.modeling import ModelMixin
 from worker.models.normalization import AdaLayerNormContinuous
@@ -66,6 +67,7 @@ class FluxTransformer2DModel(ModelMixin):
         self.proj_out = nn.Linear(dim, patch_size * patch_size * self.out_channels)
         self.gradient_checkpointing = False  # set by enable_gradient_checkpointing (training)
 
+    @scaled_by("joint_attention_kwargs")  # {"scale": s} scales the LoRA adapters, as in Diffusers
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -91,7 +93,7 @@ class FluxTransformer2DModel(ModelMixin):
             img_ids, txt_ids: position ids (N, 3) and (M, 3); a leading batch dim is accepted and its first
                 entry used (the old form).
             guidance: guidance scale, scalar or (B,), required exactly when `guidance_embeds`.
-            joint_attention_kwargs: only a LoRA `scale` of 1.0 is accepted (adapters are not supported yet).
+            joint_attention_kwargs: `{"scale": s}` scales the LoRA adapters; other keys are refused.
             controlnet_block_samples, controlnet_single_block_samples: residuals added after the blocks.
             controlnet_blocks_repeat: cycle through the double-block residuals (XLabs ControlNets).
         """

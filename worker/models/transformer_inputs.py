@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# joint_attention_kwargs the models accept: a LoRA scale of 1.0 is the identity (no adapters yet).
+# joint_attention_kwargs that change nothing here (`scaled_by` takes a LoRA "scale" off before the check).
 NEUTRAL_ATTENTION_KWARGS: dict[str, Any] = {"scale": 1.0}
 
 

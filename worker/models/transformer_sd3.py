@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from worker.configuration import register_to_config
+from worker.lora.mixin import scaled_by
 from worker.models.mmdit_blocks import JointTransformerBlock, run_block
 from worker.models.modeling import ModelMixin
 from worker.models.normalization import AdaLayerNormContinuous
@@ -65,6 +66,7 @@ class SD3Transformer2DModel(ModelMixin):
         self.proj_out = nn.Linear(dim, patch_size * patch_size * self.out_channels)
         self.gradient_checkpointing = False  # set by enable_gradient_checkpointing (training)
 
+    @scaled_by("joint_attention_kwargs")  # {"scale": s} scales the LoRA adapters, as in Diffusers
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -84,7 +86,7 @@ class SD3Transformer2DModel(ModelMixin):
             pooled_projections: pooled CLIP text (B, pooled_projection_dim).
             timestep: in [0, 1000], scalar or (B,).
             block_controlnet_hidden_states: ControlNet residuals spread over the blocks that output text.
-            joint_attention_kwargs: only a LoRA `scale` of 1.0 is accepted (adapters are not supported yet).
+            joint_attention_kwargs: `{"scale": s}` scales the LoRA adapters; other keys are refused.
             skip_layers: indices of blocks to skip (skip-layer guidance).
         """
         check_joint_attention_kwargs(joint_attention_kwargs)
