@@ -106,7 +106,7 @@ def flux_components(guidance_embeds: bool = True) -> dict:
 
 
 def tiny_flux_pipeline(guidance_embeds: bool = True, task: str = "text-to-image"):
-    """A diffusers FLUX pipeline (`task`: text-to-image, image-to-image or inpaint) of ~100k random weights.
+    """A diffusers FLUX pipeline (`task`: text-to-image, image-to-image or inpaint) of ~180k random weights.
 
     `guidance_embeds=True` is FLUX.1-dev-like (embedded guidance), False FLUX.1-schnell-like.
     """
