@@ -135,7 +135,19 @@ def pipeline_for_task(loaded: LoadedModel, family: str, task: str, scheduler: st
     return cls(**components)
 
 
-def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
+def _unet_skipped(steps: int, strength: float) -> int:
+    return steps - min(int(steps * strength), steps)  # the product floored first (SD pipelines)
+
+
+def _flow_skipped(steps: int, strength: float) -> int:
+    return int(max(steps - min(steps * strength, steps), 0))  # the difference floored (FLUX, SD3)
+
+
+# Family → how many of `steps` image-to-image skips at `strength` (the pipelines' own rounding).
+SKIPPED_STEPS: dict[str, Callable[[int, float], int]] = {"flux": _flow_skipped, "sd3": _flow_skipped}
+
+
+def planned_steps(scheduler: Any, params: dict[str, Any], family: str = "sd") -> int:
     """How many denoising steps (model calls) the job will make: schedulers of order 2 such as
     Heun interleave extra timesteps, and image-to-image skips the first `1 - strength`."""
     probe = scheduler.clone()
@@ -144,8 +156,7 @@ def planned_steps(scheduler: Any, params: dict[str, Any]) -> int:
     probe.set_timesteps(steps, **({"mu": 1.0} if probe.config.get("use_dynamic_shifting") else {}))
     total = len(probe.timesteps)
     if params.get("strength") is not None and params["task"] in ("image-to-image", "inpaint"):
-        kept = min(int(steps * params["strength"]), steps)
-        total -= (steps - kept) * probe.order
+        total -= SKIPPED_STEPS.get(family, _unet_skipped)(steps, params["strength"]) * probe.order
     return max(total, 1)
 
 
@@ -203,7 +214,7 @@ def run_params(loaded: LoadedModel, family: str, params: dict[str, Any], on_step
     decoding = loaded.decoder.session() if loaded.decoder is not None else contextlib.nullcontext()
     with loaded.batcher.session() as session, decoding as decode_session:
         pipe = pipeline_for_task(loaded, family, params["task"], params["scheduler"], session, decode_session)
-        total = planned_steps(pipe.scheduler, params)
+        total = planned_steps(pipe.scheduler, params, family)
 
         def callback(_pipe: Any, index: int, _t: Any, tensors: dict) -> dict:
             step = min(index + 1, total)

@@ -193,3 +193,28 @@ def test_a_flux_job_through_run_params_with_previews(flux):
     assert images[0].size == (48, 32) and steps[-1] == (3, 3)
     assert [p.size for p in previews] == [(24, 16)] * 2  # latents unpacked: 16 × 24 at scale 2
     loaded.close()
+
+
+@pytest.mark.parametrize("family, steps, strength, planned", [("flux", 3, 0.7, 3), ("sd3", 10, 0.55, 6),
+                                                             ("sd", 3, 0.7, 2), ("sd", 10, 0.55, 5)])
+def test_planned_steps_follow_each_familys_strength_rounding(flux, family, steps, strength, planned):
+    from worker.execute import planned_steps
+
+    params = {"task": "image-to-image", "steps": steps, "strength": strength}
+    assert planned_steps(scheduler(flux), params, family) == planned
+
+
+def test_flux_image_to_image_progress_counts_every_step(flux):
+    from PIL import Image
+
+    from worker.execute import run_params
+
+    loaded = load_model("flux", flux, max_rows=8)
+    params = {"task": "image-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 3, "strength": 0.7,
+              "scheduler": "flow_euler", "guidance_scale": 3.5, "num_images": 1, "seed": 1, "width": 32,
+              "height": 32, "true_cfg_scale": 1.0, "max_sequence_length": 16}
+    steps = []
+    run_params(loaded, "flux", params, lambda step, total: steps.append((step, total)),
+               {"image": Image.new("RGB", (32, 32), (200, 10, 10))})
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    loaded.close()
