@@ -29,11 +29,12 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def execution_device(gpu_id: int | None = None, device: torch.device | str | None = None) -> torch.device:
-    """The device models run on: `device` (with `gpu_id` as its index when it has none), else CUDA."""
+def execution_device(gpu_id: int | None = None, device: torch.device | str | None = None) -> torch.device | None:
+    """The device models run on: `device` (with `gpu_id` as its index when it has none), else CUDA;
+    None when neither is given nor present (then there is nothing to offload to)."""
     if device is None:
         if not torch.cuda.is_available():
-            raise ValueError("model offload needs an accelerator; pass device=... (no CUDA device found)")
+            return None
         device = "cuda"
     device = torch.device(device)
     if gpu_id is not None and device.index is None and device.type != "cpu":

@@ -75,17 +75,15 @@ class DiffusionPipeline:
                 return tensor.device
         return torch.device("cpu")
 
-    @property
-    def _execution_device(self) -> torch.device:
-        """Diffusers' name for `device`."""
-        return self.device
-
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
         """Keep model components on the CPU; each moves to `device` (default CUDA, index `gpu_id`) only
         while it runs, the previous one going back (see `worker.pipelines.offload`)."""
         from worker.pipelines.offload import ModelOffloader, execution_device
 
         target = execution_device(gpu_id, device)
+        if target is None:
+            logger.info("no CUDA device and none given: CPU offload requested, the pipeline stays where it is")
+            return
         self._offloader = ModelOffloader(target)
         self._offloader.attach(self._modules())
         self._offload_device = target
@@ -112,13 +110,9 @@ class DiffusionPipeline:
             module.to(*args, **kwargs)
         return self
 
-    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
-        """Accepted for Diffusers code; Kiln does not offload: with that device present, every model
-        component moves there (more memory, no per-call transfers); without it, nothing changes."""
-        self._keep_on_device(gpu_id, device)
-
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
-        """As `enable_model_cpu_offload`: accepted, no offloading (see there)."""
+        """Accepted for Diffusers code; Kiln does not offload submodule by submodule: with that device
+        present, every model component moves there; without it, nothing changes."""
         self._keep_on_device(gpu_id, device)
 
     def _keep_on_device(self, gpu_id: int | None, device: str | torch.device) -> None:
