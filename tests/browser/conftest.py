@@ -71,7 +71,10 @@ def browser_page():
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 860}, timezone_id="UTC")
+        # bypass_csp: Playwright's own wait_for_function predicates are evaluated as strings, which
+        # the dashboard's CSP (script-src 'self', no eval) rightly blocks; the page's scripts are
+        # unaffected (tests/admin/test_hardening.py checks the header itself).
+        context = browser.new_context(viewport={"width": 1280, "height": 860}, timezone_id="UTC", bypass_csp=True)
         page = context.new_page()
         page.set_default_timeout(20_000)
         page.on("dialog", lambda dialog: dialog.accept())  # confirm() of cancel and revoke buttons
