@@ -84,12 +84,13 @@ def test_get_variance_and_previous_timestep_match_diffusers() -> None:
     ddim, ddim_oracle = _pair("DDIMScheduler")
     for t, prev in ((420, 400), (999, 998), (0, 0), (10, -10)):
         torch.testing.assert_close(ddim._get_variance(t, prev), ddim_oracle._get_variance(t, prev))
-    ours, theirs = _pair("DDPMScheduler")
-    assert ours.previous_timestep(7) == theirs.previous_timestep(7) == 6
-    for s in (ours, theirs):
-        s.set_timesteps(timesteps=[100, 87, 50, 1, 0])
-    for t in ours.timesteps:
-        assert torch.equal(ours.previous_timestep(t), theirs.previous_timestep(t))
+    for name in ("DDPMScheduler", "LCMScheduler"):
+        ours, theirs = _pair(name)
+        assert ours.previous_timestep(7) == theirs.previous_timestep(7) == 6
+        for s in (ours, theirs):
+            s.set_timesteps(timesteps=[100, 87, 50, 1, 0])
+        for t in ours.timesteps:
+            assert torch.equal(ours.previous_timestep(t), theirs.previous_timestep(t))
 
 
 def test_unknown_variance_type_samples_like_diffusers(caplog) -> None:

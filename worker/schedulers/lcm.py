@@ -14,6 +14,7 @@ import torch
 
 from worker.configuration import register_to_config
 
+from .ddpm import DDPMScheduler
 from .base import Generator, randn_tensor
 from .prediction import denoise_vp, limit_x0
 from .vp import VPScheduleMixin
@@ -93,6 +94,8 @@ class LCMScheduler(VPScheduleMixin):
             self.num_inference_steps = n
         self.timesteps = torch.from_numpy(grid).to(device=device, dtype=torch.long)
         self._reset()
+
+    previous_timestep = DDPMScheduler.previous_timestep  # the schedule's next timestep (−1 after the last)
 
     def step(
         self,
