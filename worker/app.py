@@ -174,7 +174,7 @@ class WorkerProcess:
         except InfrastructureUnavailable as exc:
             countdown = retry_countdown(task.request.retries)
             logger.warning("job %s sent again in %.0fs: %s", job_id, countdown, exc)
-            raise task.retry(countdown=countdown, max_retries=None) from None
+            raise task.retry(countdown=countdown) from None
         except DeviceBroken as exc:
             self.device_broken(job_id, exc)
             raise
@@ -231,7 +231,9 @@ celery = make_celery(settings)
 process = WorkerProcess(settings, celery)
 
 
-@celery.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None: a job handed back for an infrastructure fault is sent again until it runs
+# (Celery reads None in retry() itself as "the task's default, 3").
+@celery.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job(self: Task, job_id: str) -> str:
     return process.run_job(self, job_id)
 

@@ -18,7 +18,7 @@ import requests
 
 from shared.auth import KeyStore
 from shared.jobs.store import JobStore
-from shared.localstack import (Supervisor, api_command, free_port, http_ok, redis_command, redis_ping, stop_all,
+from shared.localstack import (Supervisor, _child_setup, api_command, free_port, http_ok, redis_command, redis_ping, stop_all,
                                wait_until, worker_command, worker_ready)
 from shared.workers import WorkerRegistry
 from tests.fixtures.s3server import S3Server, _spawn, _stop, _wait_until_ready
@@ -52,7 +52,7 @@ class ChaosStack:
     def start_redis(self) -> None:
         (self.root / "redis").mkdir(exist_ok=True)
         self.redis_proc = subprocess.Popen(redis_command(self.redis_port, self.root / "redis"),
-                                           stdout=subprocess.DEVNULL)
+                                           stdout=subprocess.DEVNULL, preexec_fn=_child_setup)
         wait_until(lambda: redis_ping(self.redis_port), 30, "redis")
         # Replaying the AOF: Redis answers PING with LOADING until done.
         wait_until(lambda: _answers(self.redis_url), 30, "redis data")
@@ -95,6 +95,13 @@ class ChaosStack:
         return path
 
     def start(self) -> "ChaosStack":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "ChaosStack":
         self.start_redis()
         self.start_s3()
         env = self.env()

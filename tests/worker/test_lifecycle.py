@@ -34,7 +34,7 @@ class Task:
     class request:
         retries = 3
 
-    def retry(self, countdown, max_retries):
+    def retry(self, countdown):
         self.countdown = countdown
         return RuntimeError("retry")
 
@@ -69,6 +69,12 @@ def test_an_infrastructure_fault_sends_the_job_again_with_backoff(process):
         process.run_job(task, "j1")
     assert task.countdown == 8.0 and process.exits == []
     assert [retry_countdown(n) for n in (0, 1, 5, 10)] == [1.0, 2.0, 30.0, 30.0]
+
+
+def test_the_task_retries_without_limit():
+    from worker.app import run_job
+
+    assert run_job.max_retries is None
 
 
 def test_a_device_fault_requeues_the_job_and_exits(process, monkeypatch):
