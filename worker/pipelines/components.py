@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -78,9 +79,19 @@ def _load_processor(cls: type, folder: Path, dtype: torch.dtype | None, variant:
     return cls.from_pretrained(folder)
 
 
-@functools.cache
+# transformers' lazy module is not safe to resolve from several threads at once (a class can read
+# as missing while another thread is importing it); the first build runs under this lock.
+_REGISTRY_LOCK = threading.Lock()
+
+
 def component_registry() -> dict[str, ComponentKind]:
-    """Class name -> how to load it; built on first use from what Kiln and transformers export."""
+    """Class name -> how to load it; built once, on first use, from what Kiln and transformers export."""
+    with _REGISTRY_LOCK:
+        return _build_registry()
+
+
+@functools.cache
+def _build_registry() -> dict[str, ComponentKind]:
     import transformers
 
     from worker import models, schedulers
