@@ -182,10 +182,10 @@ def test_worker_killed_with_a_batch_in_flight_every_job_ends_exactly_once(stack,
         assert sorted(o["Key"] for o in keys["Contents"]) == [f"outputs/{job['id']}/0.png", f"outputs/{job['id']}/1.png"]
         expected = direct_images(models_dir, seed=11 + k, steps=40, n=2)
         # The re-run shared its steps with the other jobs: batched kernels sum in another order,
-        # which this random-weight model amplifies over 40 steps to a few pixel levels (another
-        # seed's image is ~80 levels away on average).
+        # which this random-weight model amplifies over 40 steps to a few pixel levels (measured 2-4.2
+        # depending on how the batcher groups the re-run; another seed's image is ~80 levels away).
         got = download(done["outputs"][1]["url"])
-        assert np.abs(got - expected[1]).mean() < 4 < np.abs(got - expected[0]).mean()
+        assert np.abs(got - expected[1]).mean() < 10 < np.abs(got - expected[0]).mean()
 
 
 def test_failing_model_fails_the_job_and_the_worker_keeps_serving(stack_env, tmp_path, models_dir):
