@@ -22,6 +22,8 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -60,10 +62,28 @@ def check_address(ip: str, allow_private: bool) -> None:
                            "addresses are not allowed", code="address_not_allowed")
 
 
-def resolve(host: str, port: int, allow_private: bool) -> str:
-    """One checked address for `host`; every address it resolves to must pass `check_address`."""
+# Name lookups run on a few resolver threads so a caller waits at most until its deadline: the C
+# resolver has no timeout of its own, and a hostile DNS server could otherwise hold a request thread.
+DNS_TIMEOUT_S = 5.0
+_resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kiln-dns")
+
+
+def _lookup(host: str, port: int, deadline: float | None) -> list:
+    wait = DNS_TIMEOUT_S if deadline is None else min(DNS_TIMEOUT_S, max(deadline - time.monotonic(), 0.0))
+    future = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return future.result(timeout=wait)
+    except FutureTimeout:
+        future.cancel()
+        raise InputRefused(f"resolving {host!r} took over {wait:.3g} s, the most allowed",
+                           code="fetch_timeout") from None
+
+
+def resolve(host: str, port: int, allow_private: bool, deadline: float | None = None) -> str:
+    """One checked address for `host`; every address it resolves to must pass `check_address`.
+    The lookup ends by `deadline` (a `time.monotonic()` value), and within `DNS_TIMEOUT_S` in any case."""
+    try:
+        infos = _lookup(host, port, deadline)
     except (socket.gaierror, UnicodeError) as exc:
         raise InputRefused(f"cannot resolve host {host!r}: {exc}", code="unresolvable_host") from None
     addresses = [info[4][0] for info in infos]
@@ -72,7 +92,7 @@ def resolve(host: str, port: int, allow_private: bool) -> str:
     return addresses[0]
 
 
-def check_url(url: str, allow_private: bool) -> str:
+def check_url(url: str, allow_private: bool, deadline: float | None = None) -> str:
     """Refuse a URL we must not connect to (scheme, credentials, address); else its checked IP."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -83,7 +103,7 @@ def check_url(url: str, allow_private: bool) -> str:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise InputRefused(f"bad port in {url[:100]!r}", code="bad_url") from None
-    return resolve(parts.hostname, port, allow_private)
+    return resolve(parts.hostname, port, allow_private, deadline)
 
 
 class FetchGate:
@@ -190,7 +210,7 @@ def request(method: str, url: str, policy: Policy, body: bytes | None = None,
 
 def _once(method: str, url: str, policy: Policy, body: bytes | None, headers: dict[str, str],
           deadline: float) -> Reply:
-    ip = check_url(url, policy.allow_private)
+    ip = check_url(url, policy.allow_private, deadline)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP

@@ -83,6 +83,21 @@ def test_fetch_deadline_holds_at_every_stage(hostile_server, path):
     assert 0.9 < took < 1.6, f"{path}: the 1 s fetch took {took:.2f} s"
 
 
+def test_a_hanging_name_lookup_ends_at_the_deadline(monkeypatch):
+    # The C resolver has no timeout; a hostile DNS server is stood in for by a lookup that hangs.
+    release = threading.Event()
+    monkeypatch.setattr(safehttp.socket, "getaddrinfo", lambda *a, **k: release.wait(HOLD_S) and [])
+    policy = safehttp.Policy(timeout_s=1.0, allow_private=True)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InputRefused) as refused:
+            safehttp.request("GET", "http://slow-dns.invalid/x", policy)
+    finally:
+        release.set()
+    assert refused.value.code == "fetch_timeout", refused.value.message
+    assert time.monotonic() - started < 1.6
+
+
 def test_webhook_delivery_deadline_holds(hostile_server, redis_url):
     import redis
 
