@@ -28,7 +28,10 @@ def progress_bar(step: int, total: int, stream=None) -> None:
 def _generate(client: Client, args: argparse.Namespace) -> int:
     params = {k: v for k, v in {"prompt": args.prompt, "model": args.model, "steps": args.steps,
                                 "seed": args.seed, "width": args.width, "height": args.height,
-                                "num_images": args.num_images, "scheduler": args.scheduler}.items() if v is not None}
+                                "num_images": args.num_images, "scheduler": args.scheduler,
+                                "guidance_scale": args.guidance_scale}.items() if v is not None}
+    if args.lora:
+        params["loras"] = args.lora
     files = {}
     if args.image:
         files["image"] = open(args.image, "rb").read()
@@ -51,6 +54,17 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
     else:
         print(json.dumps(job, indent=2))
     return 0
+
+
+def lora_arg(text: str) -> dict:
+    """`NAME` or `NAME:SCALE` (scale 1.0 by default) -> the job's `{"name", "scale"}` entry."""
+    name, _, scale = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"--lora wants NAME or NAME:SCALE, got {text!r}")
+    try:
+        return {"name": name, "scale": float(scale) if scale else 1.0}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lora scale must be a number, got {scale!r}") from None
 
 
 def _numbered(path: str, index: int) -> str:
@@ -84,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="submit a job")
     gen.add_argument("prompt", nargs="?")
     for name, kind in (("model", str), ("steps", int), ("seed", int), ("width", int), ("height", int),
-                       ("num-images", int), ("scheduler", str), ("image", str), ("idempotency-key", str)):
+                       ("num-images", int), ("scheduler", str), ("image", str), ("idempotency-key", str),
+                       ("guidance-scale", float)):
         gen.add_argument(f"--{name}", type=kind)
+    gen.add_argument("--lora", type=lora_arg, action="append",
+                     help="a LoRA adapter from GET /v1/loras, NAME or NAME:SCALE; repeat for several")
     gen.add_argument("--wait", action="store_true", help="wait, showing progress")
     gen.add_argument("-o", "--output", help="write the image here (implies --wait)")
     gen.add_argument("--timeout", type=float, default=600)

@@ -77,3 +77,23 @@ def test_generate_wait_download_end_to_end(stack, tmp_path, monkeypatch, capsys)
     assert out.strip() == str(out_path)
     assert "8/8" in err and "[" in err  # the progress bar reached the end
     assert Image.open(io.BytesIO(out_path.read_bytes())).size == (32, 32)
+
+
+def test_generate_sends_loras_and_guidance(monkeypatch, capsys):
+    from kiln_client import cli
+
+    sent = {}
+
+    def fake_submit(self, idempotency_key=None, files=None, **params):
+        sent.update(params)
+        return {"id": "job_x", "status": "queued"}
+
+    monkeypatch.setattr(cli.Client, "submit", fake_submit)
+    code = cli.main(["--url", "http://127.0.0.1:9", "generate", "a cat", "--lora", "pixel-art:0.8",
+                     "--lora", "ink", "--guidance-scale", "3.5"])
+    assert code == 0
+    assert sent["loras"] == [{"name": "pixel-art", "scale": 0.8}, {"name": "ink", "scale": 1.0}]
+    assert sent["guidance_scale"] == 3.5
+    with pytest.raises(SystemExit):
+        cli.main(["--url", "http://127.0.0.1:9", "generate", "a cat", "--lora", "ink:lots"])
+    assert "--lora scale must be a number" in capsys.readouterr().err
