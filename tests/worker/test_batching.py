@@ -86,11 +86,28 @@ def test_jobs_join_and_leave_mid_loop(sd):
     alone = [run_sd(loaded, job) for job in jobs]
     seen_jobs = []
     loaded.batcher.stats.last_batch_jobs = 0
+    # Step boundaries, not sleeps, order the threads: job 2 joins after job 0's first step, and
+    # job 0 takes its last steps only once both short jobs have made their last model call.
+    joined, short_done = threading.Event(), [threading.Event(), threading.Event()]
 
-    def watch(_i):
+    def watch(i):
         seen_jobs.append(loaded.batcher.stats.last_batch_jobs)
+        if i == 1:
+            joined.wait(30)
+        if i == 15:
+            for done in short_done:
+                done.wait(30)
 
-    together, errors = run_concurrently(loaded, jobs, delays={2: 0.2}, on_steps={0: watch})
+    def short(k, last):
+        def on_step(i):
+            if k == 2:
+                joined.set()
+            if i == last:
+                short_done[k - 1].set()
+        return on_step
+
+    on_steps = {0: watch, 1: short(1, 2), 2: short(2, 4)}
+    together, errors = run_concurrently(loaded, jobs, delays={2: 0.05}, on_steps=on_steps)
     assert errors == [None] * 3
     for a, b in zip(alone, together):
         assert np.abs(a - b).max() < 1e-3
