@@ -4,6 +4,8 @@
     python -m kiln_shapes export --work-dir ... --weights raw   # export a checkpoint as it stands
     python -m kiln_shapes evaluate --model models/kiln-shapes --scheduler dpmpp_2m --steps 20
     python -m kiln_shapes sweep dpmpp_2m:20:100 ddim:20:50 --grid-dir docs/images
+    python -m kiln_shapes train-lora [--steps 900 ...]   # train models/kiln-shapes-pink
+    python -m kiln_shapes evaluate-lora --adapter models/kiln-shapes-pink --prompts 54
 """
 
 from __future__ import annotations
@@ -17,14 +19,30 @@ import sys
 from kiln_shapes.train import TrainConfig, run
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for field in dataclasses.fields(TrainConfig):
+def _add_config_flags(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
+    for field in dataclasses.fields(config):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
 
 
 def _train(args: argparse.Namespace) -> None:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     run(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
+
+
+def _train_lora(args: argparse.Namespace) -> None:
+    from kiln_shapes.lora_train import LoraConfig, train_lora
+
+    names = {f.name for f in dataclasses.fields(LoraConfig)}
+    print(train_lora(LoraConfig(**{k: v for k, v in vars(args).items() if k in names})))
+
+
+def _evaluate_lora(args: argparse.Namespace) -> None:
+    from kiln_shapes.lora_evaluate import evaluate_adapter, markdown_table
+
+    rows = evaluate_adapter(args.model, args.adapter, n_prompts=args.prompts, scale=args.scale, steps=args.steps,
+                            guidance_scale=args.guidance, seed=args.seed, grid_dir=args.grid_dir)
+    print(json.dumps(rows, indent=2))
+    print(markdown_table(rows))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -59,6 +77,21 @@ def main(argv: list[str] | None = None) -> None:
     train = commands.add_parser("train", help="train the model and export it")
     _add_config_flags(train)
     train.set_defaults(handler=_train)
+    train_lora = commands.add_parser("train-lora", help="train a colour LoRA adapter on the frozen base model")
+    from kiln_shapes.lora_train import LoraConfig
+
+    _add_config_flags(train_lora, LoraConfig)
+    train_lora.set_defaults(handler=_train_lora)
+    evaluate_lora = commands.add_parser("evaluate-lora", help="held-out pink prompts with and without the adapter")
+    evaluate_lora.add_argument("--model", default="models/kiln-shapes")
+    evaluate_lora.add_argument("--adapter", default="models/kiln-shapes-pink")
+    evaluate_lora.add_argument("--prompts", type=int, default=54)
+    evaluate_lora.add_argument("--scale", type=float, default=1.0)
+    evaluate_lora.add_argument("--steps", type=int, default=20)
+    evaluate_lora.add_argument("--guidance", type=float, default=4.0)
+    evaluate_lora.add_argument("--seed", type=int, default=0)
+    evaluate_lora.add_argument("--grid-dir", default=None, help="write kiln-shapes-pink-with/without.png here")
+    evaluate_lora.set_defaults(handler=_evaluate_lora)
     export = commands.add_parser("export", help="export the pipeline from a training checkpoint")
     _add_config_flags(export)
     export.add_argument("--weights", choices=("ema", "raw"), default="ema")

@@ -26,6 +26,10 @@ COLOURS = {
     "purple": (140, 50, 190),
     "orange": (245, 130, 20),
 }
+# Colours the base model never saw, taught by LoRA adapters (docs/kiln-shapes.md); not in `COLOURS`,
+# so the base model's combinations, splits and vocabulary stay as they were.
+ADAPTER_COLOURS = {"pink": (240, 120, 190)}
+PALETTE = {**COLOURS, **ADAPTER_COLOURS}  # every colour `draw` can paint
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 # Half-width of the shape's bounding box in pixels, before jitter.
 SIZES = {"small": 8, "large": 15}
@@ -134,7 +138,7 @@ _INSIDE = {
 def draw(scene: Scene) -> np.ndarray:
     """The scene as a (64, 64, 3) uint8 RGB image."""
     coverage = shape_mask(scene.shape, *geometry(scene))[..., None]  # (H, W, 1)
-    fg = np.array(COLOURS[scene.colour], dtype=np.float32)
+    fg = np.array(PALETTE[scene.colour], dtype=np.float32)
     bg = np.array(BACKGROUNDS[scene.background], dtype=np.float32)
     image = bg * (1.0 - coverage) + fg * coverage
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)

@@ -129,14 +129,17 @@ def position_of(mask: np.ndarray) -> str:
     return next(name for name, where in data.POSITIONS.items() if where == tuple(anchor))
 
 
-def judge(image: np.ndarray) -> Verdict:
-    """Verdict on one (H, W, 3) uint8 RGB image; colour/shape/position/size are None without an object."""
+def judge(image: np.ndarray, palette: dict[str, tuple[int, int, int]] | None = None) -> Verdict:
+    """Verdict on one (H, W, 3) uint8 RGB image; colour/shape/position/size are None without an object.
+
+    `palette`: the colours the verdict may name (default `data.COLOURS`, the base model's; pass
+    `data.PALETTE` to also recognise the adapter colours such as pink)."""
     background = border_median(image)
     background_name = nearest(srgb_to_lab(background), data.BACKGROUNDS)
     mask = object_mask(image, background)
     if mask.sum() < 4:
         return Verdict(None, None, None, None, background_name)
-    colour = nearest(np.median(srgb_to_lab(image[mask]), axis=0), data.COLOURS)
+    colour = nearest(np.median(srgb_to_lab(image[mask]), axis=0), palette or data.COLOURS)
     shape, fill, taper = shape_of(mask)
     width = int(np.ptp(np.nonzero(mask.any(axis=0))[0])) + 1
     size = "large" if width >= LARGE_WIDTH else "small"
@@ -153,9 +156,10 @@ def held_out_scenes(n: int = 100) -> list[data.Scene]:
     return [data.Scene(*combo) for combo in held[:n]]
 
 
-def score(scenes: list[data.Scene], images: np.ndarray) -> dict[str, float]:
-    """Fraction of images whose verdict matches the scene, per attribute."""
-    verdicts = [judge(image) for image in images]
+def score(scenes: list[data.Scene], images: np.ndarray,
+          palette: dict[str, tuple[int, int, int]] | None = None) -> dict[str, float]:
+    """Fraction of images whose verdict matches the scene, per attribute (colours named from `palette`)."""
+    verdicts = [judge(image, palette) for image in images]
     return {f: float(np.mean([getattr(v, f) == getattr(s, f) for v, s in zip(verdicts, scenes)])) for f in FIELDS}
 
 
