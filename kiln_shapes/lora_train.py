@@ -107,12 +107,14 @@ def lora_loss(cfg: LoraConfig, unet: torch.nn.Module, encoded: dict[str, torch.T
 
 
 def save(pipe: Any, cfg: LoraConfig, folder: str | Path) -> Path:
-    """Write the adapter (safetensors, Diffusers layout) into `folder`."""
+    """Write the adapter (safetensors, Diffusers layout) into `folder`; the file's path."""
     return Path(pipe.save_lora_adapter(folder, cfg.adapter_name))
 
 
 def train_lora(cfg: LoraConfig) -> Path:
-    """Train the adapter on the frozen base, checkpoint to `work_dir/step-N`, save the last to `out_dir`."""
+    """Train the adapter on the frozen base, checkpoint to `work_dir/step-N`, save the last to `out_dir`.
+
+    Returns the path of the saved `pytorch_lora_weights.safetensors`."""
     from worker.lora.adapters import init_adapter
     from worker.pipelines import DiffusionPipeline
 
