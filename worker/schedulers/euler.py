@@ -11,7 +11,7 @@ from worker.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator, randn_tensor
 from .prediction import denoise_ve
-from .sampling import ancestral_sigmas, churn_gamma, euler_update, to_d
+from .sampling import ancestral_sigmas, churn, churn_gamma, euler_update, to_d
 from .schedules import check_choice
 from .ve import VEScheduleMixin
 
@@ -84,10 +84,7 @@ class EulerDiscreteScheduler(VEScheduleMixin):
         x = sample.to(torch.float32)
         sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
         gamma = churn_gamma(s_churn, len(self.sigmas) - 1, sigma, s_tmin, s_tmax)
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
-            x = x + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        x, sigma_hat = churn(x, sigma, gamma, s_noise, generator, model_output)
         x0 = denoise_ve(self.config.prediction_type, model_output, x, sigma_hat)
         prev = euler_update(x, to_d(x, x0, sigma_hat), sigma_hat, sigma_next)
         self._step_index += 1

@@ -15,10 +15,10 @@ import torch
 
 from worker.configuration import register_to_config
 
-from .base import Generator, randn_tensor
+from .base import Generator
 from .flow_match import FlowMatchSchedulerMixin, check_float_timestep
 from .heun import repeat_interior
-from .sampling import churn_gamma
+from .sampling import churn, churn_gamma
 from .schedules import check_num_steps, shift_sigmas
 
 
@@ -66,15 +66,6 @@ class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerMixin):
         self.sigmas = sigmas
         self._reset()
 
-    def _churn(self, sample: torch.Tensor, sigma: torch.Tensor, gamma: float, s_noise: float,
-               generator: Generator, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x at σ̂, σ̂): add noise of std √(σ̂² − σ²) when γ > 0."""
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            noise = randn_tensor(like.shape, generator, like.device, like.dtype)
-            sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        return sample, sigma_hat
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -92,7 +83,7 @@ class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerMixin):
         i, first = self._step_index, self.state_in_first_order
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         gamma = churn_gamma(s_churn, len(self.sigmas) - 1, sigma, s_tmin, s_tmax)
-        x, sigma_hat = self._churn(sample.to(torch.float32), sigma, gamma, s_noise, generator, model_output)
+        x, sigma_hat = churn(sample.to(torch.float32), sigma, gamma, s_noise, generator, model_output)
         if first:  # x̂_0 = x − σ v, so dx/dσ̂ = (x − x̂_0)/σ̂ = v σ/σ̂
             d = model_output * sigma / sigma_hat
             self.prev_derivative, self.dt, self.sample = d, sigma_next - sigma_hat, x

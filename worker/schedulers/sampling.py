@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .base import Generator, randn_tensor
+
 
 def to_d(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """dx/dσ of the probability-flow ODE at (x, σ)."""
@@ -41,6 +43,17 @@ def churn_gamma(s_churn: float, num_sigmas: int, sigma: torch.Tensor, s_tmin: fl
     if not (s_tmin <= float(sigma) <= s_tmax):
         return 0.0
     return min(s_churn / num_sigmas, 2**0.5 - 1)
+
+
+def churn(x: torch.Tensor, sigma: torch.Tensor, gamma: float, s_noise: float, generator: Generator,
+          like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x at σ̂, σ̂) with σ̂ = σ (1 + γ): fresh noise of std s_noise √(σ̂² − σ²) when γ > 0 (Karras
+    et al. 2022, Algorithm 2). The noise is drawn with `like`'s shape, device and dtype."""
+    sigma_hat = sigma * (gamma + 1)
+    if gamma > 0:
+        noise = randn_tensor(like.shape, generator, like.device, like.dtype)
+        x = x + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+    return x, sigma_hat
 
 
 # Gauss–Legendre nodes/weights on [−1, 1]; 4 points integrate polynomials of degree ≤ 7 exactly,
