@@ -17,12 +17,12 @@ from worker.configuration import register_to_config
 
 from .base import Generator
 from .flow_match import FlowMatchSchedulerMixin, check_float_timestep
-from .heun import repeat_interior
+from .heun import HeunStateMixin, repeat_interior
 from .sampling import churn, churn_gamma
 from .schedules import check_num_steps, shift_sigmas
 
 
-class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerMixin):
+class FlowMatchHeunDiscreteScheduler(HeunStateMixin, FlowMatchSchedulerMixin):
     """Second-order (two model calls per σ step) sampler for flow-matching models."""
 
     _compatibles: tuple[str, ...] = ("FlowMatchEulerDiscreteScheduler",)
@@ -31,14 +31,6 @@ class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0) -> None:
         self._build_flow_tables(shift)
-
-    def _fresh_state(self) -> dict[str, Any]:
-        # Between the two calls of a step: the first slope, the step size and the start sample.
-        return {**super()._fresh_state(), "prev_derivative": None, "dt": None, "sample": None}
-
-    @property
-    def state_in_first_order(self) -> bool:
-        return self.dt is None
 
     def set_timesteps(
         self, num_inference_steps: int, device: torch.device | str | None = None, mu: float | None = None

@@ -24,7 +24,18 @@ def repeat_interior(values: torch.Tensor, keep_last: bool) -> torch.Tensor:
     return torch.cat(parts + ([values[-1:]] if keep_last else []))
 
 
-class HeunDiscreteScheduler(VEScheduleMixin):
+class HeunStateMixin:
+    """The state Heun's two calls per step share: the first slope, the step size and the start sample."""
+
+    def _fresh_state(self) -> dict[str, Any]:
+        return {**super()._fresh_state(), "prev_derivative": None, "dt": None, "sample": None}  # type: ignore[misc]
+
+    @property
+    def state_in_first_order(self) -> bool:
+        return self.dt is None  # type: ignore[attr-defined]
+
+
+class HeunDiscreteScheduler(HeunStateMixin, VEScheduleMixin):
     """Predictor (Euler) then corrector (trapezoidal) on the probability-flow ODE."""
 
     _compatibles = KARRAS_FAMILY
@@ -48,14 +59,6 @@ class HeunDiscreteScheduler(VEScheduleMixin):
         steps_offset: int = 0,
     ) -> None:
         self._build_sigma_tables()
-
-    def _fresh_state(self) -> dict[str, Any]:
-        # Between the two calls of a step: the first slope, the step size and the start sample.
-        return {**super()._fresh_state(), "prev_derivative": None, "dt": None, "sample": None}
-
-    @property
-    def state_in_first_order(self) -> bool:
-        return self.dt is None
 
     def set_timesteps(
         self,
