@@ -105,6 +105,14 @@ def _row(name: str, ours: list[float], theirs: list[float]) -> str:
     return f"| {name} | {mine:.3f} | {other:.3f} | {mine / other:.3f} | {spread} |"
 
 
+def print_table(args, rows: list[str]) -> None:
+    """The Kiln-vs-diffusers table with the run's device, dtype, versions and repeats above it."""
+    header = [f"device {args.device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"diffusers {diffusers.__version__}, median of {args.repeats}", "",
+              "| case | Kiln s | diffusers s | ratio | range Kiln / diffusers |", "|---|---|---|---|---|"]
+    print("\n".join(header + rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -128,10 +136,7 @@ def main() -> None:
         if args.only in (None, "vae"):
             name = f"SD VAE decode, 1x3x{args.image_size}x{args.image_size}, {layout}"
             rows.append(_row(name, *vae_case(args, device, dtype)))
-    header = [f"device {args.device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"diffusers {diffusers.__version__}, median of {args.repeats}", "",
-              "| case | Kiln s | diffusers s | ratio | range Kiln / diffusers |", "|---|---|---|---|---|"]
-    print("\n".join(header + rows))
+    print_table(args, rows)
 
 
 if __name__ == "__main__":

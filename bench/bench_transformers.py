@@ -18,7 +18,7 @@ import math
 import torch
 
 import diffusers
-from bench_models import _row, _share_weights, alternate
+from bench_models import _row, _share_weights, alternate, print_table
 from worker.models import FluxTransformer2DModel, SD3Transformer2DModel
 
 FLUX = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
@@ -91,10 +91,7 @@ def main() -> None:
         if args.only in (None, "sd3"):
             name = f"SD3.5-large width, {args.sd3_layers} blocks, {shape}"
             rows.append(_row(name, *sd3_case(args, device, dtype)))
-    header = [f"device {args.device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"diffusers {diffusers.__version__}, median of {args.repeats}", "",
-              "| case | Kiln s | diffusers s | ratio | range Kiln / diffusers |", "|---|---|---|---|---|"]
-    print("\n".join(header + rows))
+    print_table(args, rows)
 
 
 if __name__ == "__main__":
