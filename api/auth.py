@@ -12,6 +12,7 @@ import logging
 
 from flask import Flask, g, request
 
+from api.services import kiln
 from shared.auth import LOCAL_PRINCIPAL, Principal
 from shared.errors import Forbidden, Unauthorized
 
@@ -39,8 +40,6 @@ def admin_required(view):
 
 
 def install_auth(app: Flask) -> None:
-    from api.app import kiln
-
     disabled = kiln().settings.auth == "disabled"
     if disabled:
         banner = "!" * 72
@@ -61,8 +60,6 @@ def _from_header(header: str) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_key")
-    from api.app import kiln
-
     found = kiln().keys.verify(token.strip())
     if found is None:
         raise Unauthorized("invalid or revoked API key", code="invalid_key")

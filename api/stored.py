@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, redirect
 
-from api.app import kiln
+from api.services import kiln
 from shared.errors import NotFound
 from shared.storage import ObjectNotFound
 

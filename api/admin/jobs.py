@@ -19,19 +19,19 @@ from flask import (
 
 from api.admin.retry import retry_job
 from api.admin.session import page
-from api.app import kiln
+from api.services import kiln
 from api.stored import serve_stored
 from shared.ids import is_job_id
-from shared.jobs.query import JobFilter, find_jobs
+from shared.jobs.query import JobQuery, decode_cursor, find_jobs
+from shared.jobs.params import request_body
 from shared.jobs.record import Job, Status
-from shared.jobs.store import decode_cursor
 
 STATUSES = [s.value for s in Status]
 RANGES = {"": None, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 PAGE_SIZES = (25, 50, 100)
 
 
-def read_filter(args) -> JobFilter:
+def read_filter(args) -> JobQuery:
     """The table's filter from the query string; bad values are refused with a 400 naming them."""
     status = args.get("status") or None
     if status is not None and status not in STATUSES:
@@ -46,10 +46,10 @@ def read_filter(args) -> JobFilter:
         abort(400, "cursor is not one this page made")
     limit = int(args.get("limit", 50)) if args.get("limit", "50").isdigit() else 50
     window = RANGES[args.get("range", "")]
-    return JobFilter(status=status, model=args.get("model") or None, owner=args.get("owner") or None,
-                     text=(args.get("q") or "").strip()[:200] or None,
-                     since=(dt.datetime.now(dt.timezone.utc).timestamp() - window) if window else None,
-                     order=order, cursor=cursor, limit=limit if limit in PAGE_SIZES else 50)
+    return JobQuery(status=status, model=args.get("model") or None, owner=args.get("owner") or None,
+                    text=(args.get("q") or "").strip()[:200] or None,
+                    since=(dt.datetime.now(dt.timezone.utc).timestamp() - window) if window else None,
+                    order=order, cursor=cursor, limit=limit if limit in PAGE_SIZES else 50)
 
 
 @page("/jobs")
@@ -103,8 +103,7 @@ def load(job_id: str) -> Job:
 @page("/jobs/<job_id>")
 def job(job_id: str):
     record = load(job_id)
-    key_id = kiln().store.redis.hget(kiln().store.job_key(job_id), "key_id")
-    return render_template("admin/job.html", job=record, key_id=key_id, timeline=timeline(record),
+    return render_template("admin/job.html", job=record, key_id=record.key_id, timeline=timeline(record),
                            params_json=json.dumps(record.params, indent=2, sort_keys=True),
                            curl=as_curl(record))
 
@@ -165,7 +164,7 @@ def timeline(job: Job) -> list[dict]:
 
 def as_curl(job: Job) -> str:
     """The same request as a `curl` command (input images and the seed included as stored)."""
-    body = {k: v for k, v in job.params.items() if v is not None and not k.endswith("_key")}
+    body = request_body(job.params)
     base = kiln().settings.public_url.rstrip("/")
     return (f'curl -X POST {base}/v1/jobs -H "Authorization: Bearer $KILN_API_KEY" '
             f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body, sort_keys=True))}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request, url_for
 
 from api.admin.session import page
-from api.app import kiln
+from api.services import kiln
 from shared.errors import KilnError
 
 

@@ -6,7 +6,7 @@ from flask import render_template
 
 from api.admin import charts
 from api.admin.session import page
-from api.app import kiln
+from api.services import kiln
 from shared.jobs.query import overview as compute_overview
 
 

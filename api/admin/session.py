@@ -25,10 +25,11 @@ import logging
 import secrets
 
 import redis
-from flask import Blueprint, Flask, abort, current_app, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, abort, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
 import api.auth
+from api.services import EXTENSION, kiln
 from shared.auth import LOCAL_PRINCIPAL, Principal
 from shared.errors import KilnError, NotFound
 
@@ -46,18 +47,18 @@ def _setup(state) -> None:
     api.auth.PUBLIC_ENDPOINTS = api.auth.PUBLIC_ENDPOINTS | frozenset(ENDPOINTS)
     app.config["SESSION_COOKIE_NAME"] = "kiln_admin"
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
-    app.config["SESSION_COOKIE_SECURE"] = app.extensions["kiln"].settings.public_url.startswith("https://")
+    app.config["SESSION_COOKIE_SECURE"] = app.extensions[EXTENSION].settings.public_url.startswith("https://")
     if not app.secret_key:
         app.secret_key = _secret_key(app)
 
 
 def _secret_key(app: Flask) -> str:
-    services = app.extensions["kiln"]
+    services = app.extensions[EXTENSION]
     if services.settings.secret_key:
         return services.settings.secret_key
     try:
         client = services.store.redis
-        key = f"{services.settings.key_prefix}:admin:secret_key"
+        key = services.store.names.admin_secret
         client.set(key, secrets.token_hex(32), nx=True)
         return client.get(key)
     except redis.RedisError as exc:  # Redis down at start: sessions then last until this process exits
@@ -86,14 +87,14 @@ def page(rule: str, methods: tuple[str, ...] = ("GET",), signed_in: bool = True)
 
 
 def auth_disabled() -> bool:
-    return current_app.extensions["kiln"].settings.auth == "disabled"
+    return kiln().settings.auth == "disabled"
 
 
 def current_admin() -> Principal | None:
     """The admin this request acts as; None (sign in) when anonymous; 403 for a non-admin key."""
     if auth_disabled():
         return LOCAL_PRINCIPAL
-    keys = current_app.extensions["kiln"].keys
+    keys = kiln().keys
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         g.bearer = True
@@ -114,7 +115,7 @@ def current_admin() -> Principal | None:
 
 
 def _session_record(sid: str) -> str:
-    return f"{current_app.extensions['kiln'].settings.key_prefix}:admin:session:{sid}"
+    return kiln().store.names.admin_session(sid)
 
 
 def _session_key_id() -> str | None:
@@ -122,19 +123,19 @@ def _session_key_id() -> str | None:
     sid = session.get("sid")
     if not sid or not isinstance(sid, str):
         return None
-    return current_app.extensions["kiln"].store.redis.get(_session_record(sid))
+    return kiln().store.redis.get(_session_record(sid))
 
 
 def _open_session(key_id: str) -> None:
     sid = secrets.token_urlsafe(32)
-    current_app.extensions["kiln"].store.redis.set(_session_record(sid), key_id, ex=SESSION_TTL_S)
+    kiln().store.redis.set(_session_record(sid), key_id, ex=SESSION_TTL_S)
     session.clear()
     session["sid"] = sid
 
 
 def _end_session() -> None:
     if sid := session.get("sid"):
-        current_app.extensions["kiln"].store.redis.delete(_session_record(str(sid)))
+        kiln().store.redis.delete(_session_record(str(sid)))
     session.clear()
 
 
@@ -183,7 +184,7 @@ def login():
         return redirect(url_for("admin.overview"))
     if request.method == "GET":
         return render_template("admin/login.html", next=request.args.get("next", ""))
-    found = current_app.extensions["kiln"].keys.verify(request.form.get("key", "").strip())
+    found = kiln().keys.verify(request.form.get("key", "").strip())
     if found is None or not found.is_admin:
         message = "That key is unknown or revoked." if found is None else \
             "That key is not an admin key: the dashboard is for admins only."

@@ -9,7 +9,7 @@ from flask import abort, render_template
 
 from api.admin import charts
 from api.admin.session import page
-from api.app import kiln
+from api.services import kiln
 from shared.workers import WorkerRegistry
 
 

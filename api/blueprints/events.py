@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from flask import Blueprint, Response, stream_with_context, url_for
 
-from api.app import Services, kiln
+from api.services import Services, kiln
 from api.auth import principal
 from api.blueprints.jobs import job_json, load_job
 from shared.ratelimit import Overloaded

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api.app import kiln
+from api.services import kiln
 
 bp = Blueprint("health", __name__)
 

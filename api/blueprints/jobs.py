@@ -8,19 +8,21 @@ import logging
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api.app import kiln
+from api.services import kiln
 from api.auth import principal
 from api.schemas import JobList, JobView, dump
 from api.stored import serve_stored
 from api.submit import submit as submit_job
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.ids import is_job_id
+from shared.jobs.params import public_view
 from shared.jobs.record import Job, Status
-from shared.jobs.store import PageQuery, decode_cursor
+from shared.jobs.query import JobQuery, decode_cursor, find_jobs
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 STATUSES = [s.value for s in Status]
+LIST_MAX_SCAN = 500  # index entries one listing page reads at most
 
 
 @bp.post("")
@@ -36,9 +38,8 @@ def submit():
 
 @bp.get("")
 def list_jobs():
-    query = _page_query()
-    jobs, cursor = kiln().store.page(query)
-    return jsonify(dump(JobList, {"jobs": [job_json(job) for job in jobs], "next_cursor": cursor}))
+    page = find_jobs(kiln().store, _job_query())
+    return jsonify(dump(JobList, {"jobs": [job_json(job) for job in page.jobs], "next_cursor": page.next_cursor}))
 
 
 @bp.get("/<job_id>")
@@ -84,7 +85,7 @@ def load_job(job_id: str) -> Job:
     return job
 
 
-def _page_query() -> PageQuery:
+def _job_query() -> JobQuery:
     args, who = request.args, principal()
     status = args.get("status")
     if status is not None and status not in STATUSES:
@@ -97,9 +98,9 @@ def _page_query() -> PageQuery:
         cursor = decode_cursor(args["cursor"])
         if cursor is None:
             raise ValidationFailed("cursor is not one this API returned", field="cursor")
-    return PageQuery(owner=owner, status=status, model=args.get("model") or None,
-                     since=_time_arg("created_after"), until=_time_arg("created_before"),
-                     cursor=cursor, limit=_int_arg("limit", 20, 1, 100))
+    return JobQuery(owner=owner, status=status, model=args.get("model") or None,
+                    since=_time_arg("created_after"), until=_time_arg("created_before"),
+                    cursor=cursor, limit=_int_arg("limit", 20, 1, 100), max_scan=LIST_MAX_SCAN)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -149,7 +150,7 @@ def job_json(job: Job) -> dict:
         "preview": {"step": job.preview_step,
                     "url": url_for("jobs.get_preview", job_id=job.id, _external=True)} if job.preview_key else None,
         "model": job.model,
-        "params": job.params,
+        "params": public_view(job.params),
         "progress": {"step": job.progress_step, "total": total,
                      "fraction": round(job.progress_step / total, 4) if total else 0.0},
         "created_at": _iso(job.created_at),

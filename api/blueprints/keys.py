@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
-from api.app import kiln
+from api.services import kiln
 from api.auth import admin_required, principal
 from api.schemas import KeyCreate, KeyCreated, KeyList, KeyView, Me, dump
 from shared.errors import BadRequest, ValidationFailed

@@ -12,7 +12,7 @@ import redis
 from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.app import kiln
+from api.services import kiln
 from shared.celery_app import DEFAULT_QUEUE
 from shared.metrics import cluster_registry
 from shared.workers import WorkerRegistry

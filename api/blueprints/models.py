@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api.app import kiln
+from api.services import kiln
 from api.schemas import LoraList, ModelList, ModelView, SchedulerList, dump
 from shared.schedulers import SCHEDULERS
 

@@ -1,12 +1,17 @@
-"""Dashboard queries over the job indexes: filtered, searchable, sortable cursor pages and the
-overview's numbers — all bounded, so they cost the same with 100 jobs or 100 000.
+"""Queries over the job indexes: the one job listing (the API's `GET /v1/jobs` and the
+dashboard's jobs table) and the dashboard overview's numbers — all bounded, so they cost the
+same with 100 jobs or 100 000.
 
 Paging reads one sorted-set index (the owner's when filtered by owner, else the status's, else
 all jobs), scored by creation time, from a cursor `(score, id)` in either direction, and applies
-the remaining filters (model, text in the prompt) to at most `max_scan` records per page. A page
-that filled before the window ran out, or a window that ran out before the page filled, both end
-with a cursor: "keep going". Text search is therefore a bounded scan of the next window, not a
-full-text index.
+the remaining filters (status, model, owner, text in the prompt) to at most `max_scan` records
+per page. A page that filled before the window ran out, or a window that ran out before the page
+filled, both end with a cursor: "keep going". Text search is therefore a bounded scan of the next
+window, not a full-text index.
+
+Ties: many jobs may share one creation time. Within one score Redis orders members by id, so the
+cursor's id says where in the tie the last page stopped; the next read starts at the cursor's
+score, reads as many extra entries as share it, and drops those at or before the cursor.
 
 The overview counts with ZCARD/ZCOUNT on the indexes (exact) and computes latencies and
 throughput from a sample of the most recent finished jobs (bounded, `SAMPLE` records).
@@ -14,6 +19,7 @@ throughput from a sample of the most recent finished jobs (bounded, `SAMPLE` rec
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import statistics
@@ -22,16 +28,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.jobs.record import Job, Status
-from shared.jobs.store import JobStore, encode_cursor
+from shared.jobs.store import JobStore
 
 Order = Literal["desc", "asc"]
 SAMPLE = 500  # recent finished jobs read for latency and throughput figures
+CHUNK = 200  # records read per round trip while a page fills
 HOUR, DAY = 3600.0, 86400.0
 
 
 @dataclass(frozen=True)
-class JobFilter:
-    """What the dashboard's job table shows."""
+class JobQuery:
+    """One page of the job listing: filters, order, an optional cursor `(score, id)`, a size."""
 
     status: str | None = None
     model: str | None = None
@@ -58,66 +65,65 @@ class Page:
     scanned: int
 
 
-def index_key(store: JobStore, filt: JobFilter) -> str:
-    if filt.owner:
-        return f"{store.prefix}:jobs:owner:{filt.owner}"
-    if filt.status:
-        return f"{store.prefix}:jobs:status:{filt.status}"
-    return f"{store.prefix}:jobs:all"
+def encode_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r} {job_id}".encode()).decode().rstrip("=")
 
 
-def _window(store: JobStore, filt: JobFilter) -> list[tuple[str, float]]:
-    """Up to `max_scan + 1` index entries after the cursor, in the filter's order.
+def decode_cursor(cursor: str) -> tuple[float, str] | None:
+    """The `(score, job id)` in a cursor, or None when it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = text.split(" ", 1)
+        return (float(score), job_id) if math.isfinite(float(score)) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _window(store: JobStore, query: JobQuery) -> list[tuple[str, float]]:
+    """Up to `max_scan + 1` index entries after the cursor, in the query's order.
 
     The cursor's score is an inclusive bound (several jobs may share a creation time), so the
     read asks for as many extra entries as share that score, then drops those at or before it.
     """
-    key = index_key(store, filt)
-    low = "-inf" if filt.since is None else filt.since
-    high = "+inf" if filt.until is None else filt.until
-    extra = store.redis.zcount(key, filt.cursor[0], filt.cursor[0]) if filt.cursor else 0
-    num = filt.max_scan + 1 + extra
-    if filt.order == "desc":
-        top = filt.cursor[0] if filt.cursor else high
+    key = store.index_key(query.status, query.owner)
+    low = "-inf" if query.since is None else query.since
+    high = "+inf" if query.until is None else query.until
+    extra = store.redis.zcount(key, query.cursor[0], query.cursor[0]) if query.cursor else 0
+    num = query.max_scan + 1 + extra
+    if query.order == "desc":
+        top = query.cursor[0] if query.cursor else high
         entries = store.redis.zrevrangebyscore(key, top, low, start=0, num=num, withscores=True)
-        if filt.cursor:  # equal scores come in reverse id order: keep only ids past the cursor's
-            entries = [(i, s) for i, s in entries if s < filt.cursor[0] or i < filt.cursor[1]]
+        if query.cursor:  # equal scores come in reverse id order: keep only ids past the cursor's
+            entries = [(i, s) for i, s in entries if s < query.cursor[0] or i < query.cursor[1]]
     else:
-        bottom = filt.cursor[0] if filt.cursor else low
+        bottom = query.cursor[0] if query.cursor else low
         entries = store.redis.zrangebyscore(key, bottom, high, start=0, num=num, withscores=True)
-        if filt.cursor:
-            entries = [(i, s) for i, s in entries if s > filt.cursor[0] or i > filt.cursor[1]]
-    return entries[:filt.max_scan + 1]
+        if query.cursor:
+            entries = [(i, s) for i, s in entries if s > query.cursor[0] or i > query.cursor[1]]
+    return entries[:query.max_scan + 1]
 
 
-def find_jobs(store: JobStore, filt: JobFilter) -> Page:
-    """One page of jobs matching `filt`, reading at most `filt.max_scan` records."""
-    entries = _window(store, filt)
-    window = entries[:filt.max_scan]
+def find_jobs(store: JobStore, query: JobQuery) -> Page:
+    """One page of jobs matching `query`, reading at most `query.max_scan` records."""
+    entries = _window(store, query)
+    window = entries[:query.max_scan]
     jobs: list[Job] = []
     consumed = 0
-    for start in range(0, len(window), 200):  # read records in chunks: stop early once full
-        chunk = window[start:start + 200]
-        for (job_id, _), raw in zip(chunk, _records(store, [i for i, _ in chunk])):
-            if len(jobs) == filt.limit:
+    for start in range(0, len(window), CHUNK):  # read records in chunks: stop early once full
+        chunk = window[start:start + CHUNK]
+        for job in store.many([i for i, _ in chunk]):
+            if len(jobs) == query.limit:
                 break
             consumed += 1
-            job = Job.from_hash(raw) if raw else None
-            if job is not None and filt.matches(job):
+            if job is not None and query.matches(job):
                 jobs.append(job)
-        if len(jobs) == filt.limit:
+        if len(jobs) == query.limit:
             break
+    # Done only when every entry in range was read (the window holds one entry past max_scan).
     if consumed == 0 or consumed == len(entries):
         return Page(jobs, None, consumed)
     job_id, score = entries[consumed - 1]
     return Page(jobs, encode_cursor(score, job_id), consumed)
-
-
-def _records(store: JobStore, ids: list[str]) -> list[dict[str, str]]:
-    pipe = store.redis.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hgetall(store.job_key(job_id))
-    return pipe.execute() if ids else []
 
 
 # Overview -------------------------------------------------------------------------------------
@@ -140,7 +146,7 @@ class Overview:
 def _counts(store: JobStore, since: float | None) -> dict[str, int]:
     pipe = store.redis.pipeline(transaction=False)
     for status in Status:
-        key = f"{store.prefix}:jobs:status:{status.value}"
+        key = store.index_key(status)
         pipe.zcount(key, since, "+inf") if since is not None else pipe.zcard(key)
     return dict(zip((s.value for s in Status), pipe.execute()))
 
@@ -156,7 +162,7 @@ def recent_finished(store: JobStore, limit: int = SAMPLE) -> list[dict]:
     """The most recently created succeeded and failed jobs' timing fields (raw, bounded)."""
     ids = []
     for status in (Status.SUCCEEDED, Status.FAILED):
-        ids += store.redis.zrevrange(f"{store.prefix}:jobs:status:{status.value}", 0, limit - 1)
+        ids += store.ids(status, limit=limit)
     fields = ("status", "finished_at", "timings", "outputs")
     pipe = store.redis.pipeline(transaction=False)
     for job_id in ids:
@@ -193,8 +199,8 @@ def overview(store: JobStore, queue_names: list[str], now: float | None = None) 
     minutes = _minute_images(rows, now)
     return Overview(
         now=_counts(store, None), last_hour=last_hour, last_day=_counts(store, now - DAY),
-        hourly_created=_hourly(store, f"{store.prefix}:jobs:all", now),
-        hourly_failed=_hourly(store, f"{store.prefix}:jobs:status:failed", now),
+        hourly_created=_hourly(store, store.index_key(), now),
+        hourly_failed=_hourly(store, store.index_key(Status.FAILED), now),
         minute_images=minutes, images_per_min=round(sum(minutes[-10:]) / 10, 2),
         queue_wait=percentiles([t["queue_wait_s"] for t in timings if "queue_wait_s" in t]),
         run_time=percentiles([t["total_s"] for t in timings if "total_s" in t]),
@@ -204,10 +210,10 @@ def overview(store: JobStore, queue_names: list[str], now: float | None = None) 
 
 def queue_depths(store: JobStore, queue_names: list[str]) -> list[dict]:
     """Per Celery queue: messages in the broker list (`LLEN`) and jobs waiting in fair dispatch."""
-    client, prefix = store.redis, store.prefix
+    client, names = store.redis, store.names
     rows = []
-    for name in sorted(set(queue_names) | set(client.smembers(f"{prefix}:fair:queues"))):
-        ring = client.lrange(f"{prefix}:fair:{name}:ring", 0, -1)
-        waiting = sum(client.llen(f"{prefix}:fair:{name}:wait:{key}") for key in ring)
+    for name in sorted(set(queue_names) | set(client.smembers(names.fair_queues))):
+        ring = client.lrange(names.fair_ring(name), 0, -1)
+        waiting = sum(client.llen(names.fair_wait(name, key)) for key in ring)
         rows.append({"name": name, "broker": client.llen(name), "waiting": waiting})
     return rows

@@ -6,9 +6,7 @@ workers and reapers never see or make a half-done transition.
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -17,6 +15,7 @@ import redis
 
 from shared.jobs import scripts
 from shared.jobs.record import Job, Output, Status
+from shared.redis_keys import DEFAULT_PREFIX, RedisKeys
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,10 @@ class StartResult:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, prefix: str = "kiln", retention_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, retention_s: int = 7 * 24 * 3600) -> None:
         self.redis = client
         self.prefix = prefix
+        self.names = RedisKeys(prefix)
         self.retention_s = retention_s
         self._create = client.register_script(scripts.CREATE)
         self._start = client.register_script(scripts.START)
@@ -46,77 +46,64 @@ class JobStore:
         self._annotate = client.register_script(scripts.ANNOTATE)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "kiln", retention_s: int = 7 * 24 * 3600) -> "JobStore":
+    def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX, retention_s: int = 7 * 24 * 3600) -> "JobStore":
         return cls(redis.Redis.from_url(url, decode_responses=True), prefix, retention_s)
 
     # Keys -------------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+        return self.names.job(job_id)
 
     def lease_key(self, job_id: str) -> str:
-        return f"{self.prefix}:lease:{job_id}"
+        return self.names.lease(job_id)
 
     def events_channel(self, job_id: str) -> str:
-        return f"{self.prefix}:events:{job_id}"
+        return self.names.events(job_id)
 
-    def _call(self, script, job_id: str, *args: Any):
-        keys = [self.job_key(job_id), self.lease_key(job_id)]
-        return script(keys=keys, args=[self.prefix, job_id, repr(time.time()), *args])
+    def index_key(self, status: Status | str | None = None, owner: str | None = None) -> str:
+        """The sorted set of job ids by creation time: the owner's, else the status's, else all."""
+        if owner:
+            return self.names.owner_index(owner)
+        if status:
+            return self.names.status_index(Status(status).value)
+        return self.names.all_jobs
+
+    def _call(self, script, job_id: str, *args: Any, keys: tuple[str, ...] = ()):
+        all_keys = [self.job_key(job_id), self.lease_key(job_id), *keys]
+        return script(keys=all_keys, args=[self.names.status_stem, job_id, repr(time.time()), *args])
 
     # Reads ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
         raw = self.redis.hgetall(self.job_key(job_id))
         return Job.from_hash(raw) if raw else None
 
-    def count(self, status: Status | None = None) -> int:
-        key = f"{self.prefix}:jobs:status:{status.value}" if status else f"{self.prefix}:jobs:all"
-        return self.redis.zcard(key)
-
-    def ids(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[str]:
-        """Job ids, newest first, from an index (never a scan of all records)."""
-        key = f"{self.prefix}:jobs:status:{status.value}" if status else f"{self.prefix}:jobs:all"
-        return self.redis.zrevrange(key, offset, offset + limit - 1)
-
-    def page(self, query: "PageQuery") -> tuple[list[Job], str | None]:
-        """One page of jobs, newest first, from one index, and the cursor of the next page.
-
-        The index is the owner's (when given), else the status's, else all jobs; the other
-        filters are applied to the records read. At most `query.max_scan` index entries are read
-        per page, so a page costs O(limit) even when few jobs match; a short page with a cursor
-        means "keep going".
-        """
-        if query.owner:
-            key = f"{self.prefix}:jobs:owner:{query.owner}"
-        elif query.status:
-            key = f"{self.prefix}:jobs:status:{query.status}"
-        else:
-            key = f"{self.prefix}:jobs:all"
-        top = query.cursor[0] if query.cursor else (query.until if query.until is not None else "+inf")
-        bottom = query.since if query.since is not None else "-inf"
-        fetched = self.redis.zrevrangebyscore(key, top, bottom, start=0, num=query.max_scan + 1, withscores=True)
-        entries = fetched
-        if query.cursor:  # same score as the cursor: only ids after it (members sort by id, reversed)
-            entries = [(i, sc) for i, sc in entries if sc < query.cursor[0] or i < query.cursor[1]]
-        window = entries[:query.max_scan]
-        consumed, jobs = 0, []
-        for (job_id, _), raw in zip(window, self._hashes([i for i, _ in window])):
-            if len(jobs) == query.limit:
-                break
-            consumed += 1
-            job = Job.from_hash(raw) if raw else None
-            if job and query.matches(job):
-                jobs.append(job)
-        # Done only when every entry in range was read: the fetch was not capped, nothing is left.
-        if consumed == 0 or (consumed == len(entries) and len(fetched) <= query.max_scan):
-            return jobs, None
-        job_id, score = entries[consumed - 1]
-        return jobs, encode_cursor(score, job_id)
-
-    def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
+    def many(self, ids: list[str]) -> list[Job | None]:
+        """The records of `ids`, in order, in one round trip (None where a record is gone)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self.job_key(job_id))
-        return pipe.execute() if ids else []
+        return [Job.from_hash(raw) if raw else None for raw in (pipe.execute() if ids else [])]
+
+    def status(self, job_id: str) -> Status | None:
+        """The job's status alone (one field read), None when the record is gone."""
+        return self.statuses([job_id])[0]
+
+    def statuses(self, ids: list[str]) -> list[Status | None]:
+        """The statuses of `ids`, in order, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.job_key(job_id), "status")
+        return [Status(value) if value else None for value in (pipe.execute() if ids else [])]
+
+    def model(self, job_id: str) -> str | None:
+        """The job's model name (one field read), None when the record is gone."""
+        return self.redis.hget(self.job_key(job_id), "model") or None
+
+    def count(self, status: Status | None = None) -> int:
+        return self.redis.zcard(self.index_key(status))
+
+    def ids(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[str]:
+        """Job ids, newest first, from an index (never a scan of all records)."""
+        return self.redis.zrevrange(self.index_key(status), offset, offset + limit - 1)
 
     def lease_holder(self, job_id: str) -> str | None:
         return self.redis.get(self.lease_key(job_id))
@@ -127,7 +114,8 @@ class JobStore:
         """Create a queued job; `extra` adds plain fields to the record (the API key id)."""
         fields = {**(extra or {}), "id": job_id, "owner": owner, "model": params["model"], "queue": queue,
                   "params": json.dumps(params, sort_keys=True)}
-        created = self._call(self._create, job_id, *_flatten(fields))
+        created = self._call(self._create, job_id, *_flatten(fields),
+                             keys=(self.names.all_jobs, self.names.owner_index(owner)))
         if not created:
             raise ValueError(f"job {job_id} exists already")
         job = self.get(job_id)
@@ -193,44 +181,11 @@ class JobStore:
         """Drop index entries whose record has expired (retention); returns how many."""
         cutoff = time.time() - self.retention_s
         removed = 0
-        for key in self.redis.scan_iter(f"{self.prefix}:jobs:*", count=100):
+        for key in self.redis.scan_iter(self.names.job_indexes_pattern, count=100):
             for job_id in self.redis.zrangebyscore(key, "-inf", cutoff, start=0, num=1000):
                 if not self.redis.exists(self.job_key(job_id)):
                     removed += self.redis.zrem(key, job_id)
         return removed
-
-
-@dataclass(frozen=True)
-class PageQuery:
-    """What `JobStore.page` lists: filters, an optional cursor `(score, job id)`, a page size."""
-
-    owner: str | None = None
-    status: str | None = None
-    model: str | None = None
-    since: float | None = None
-    until: float | None = None
-    cursor: tuple[float, str] | None = None
-    limit: int = 50
-    max_scan: int = 500
-
-    def matches(self, job: Job) -> bool:
-        return ((self.status is None or job.status.value == self.status)
-                and (self.model is None or job.model == self.model)
-                and (self.owner is None or job.owner == self.owner))
-
-
-def encode_cursor(score: float, job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{score!r} {job_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str] | None:
-    """The `(score, job id)` in a cursor, or None when it is not one of ours."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, job_id = text.split(" ", 1)
-        return (float(score), job_id) if math.isfinite(float(score)) else None
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _flatten(fields: dict[str, Any]) -> list[str]:

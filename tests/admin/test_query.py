@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.jobs.query import JobFilter, find_jobs, overview, percentiles
-from shared.jobs.store import JobStore, decode_cursor
+from shared.jobs.query import JobQuery, decode_cursor, find_jobs, overview, percentiles
+from shared.jobs.store import JobStore
 from tests.admin.seed import seed_jobs
 
 START = 1_700_000_000.0
@@ -20,7 +20,7 @@ def walk(store, filt):
     """Every page of a filter, following cursors; returns the ids in order."""
     seen, cursor = [], None
     for _ in range(1000):
-        page = find_jobs(store, JobFilter(**{**filt.__dict__, "cursor": cursor}))
+        page = find_jobs(store, JobQuery(**{**filt.__dict__, "cursor": cursor}))
         seen += [j.id for j in page.jobs]
         if page.next_cursor is None:
             return seen
@@ -30,35 +30,35 @@ def walk(store, filt):
 
 def test_paging_covers_every_job_once_in_both_orders(store):
     ids = seed_jobs(store, 237, START)
-    assert walk(store, JobFilter(limit=25)) == ids[::-1]
-    assert walk(store, JobFilter(limit=25, order="asc")) == ids
+    assert walk(store, JobQuery(limit=25)) == ids[::-1]
+    assert walk(store, JobQuery(limit=25, order="asc")) == ids
 
 
 def test_equal_creation_times_do_not_lose_jobs(store):
     ids = seed_jobs(store, 60, START, spacing_s=0.0)
-    assert sorted(walk(store, JobFilter(limit=7))) == sorted(ids)
-    assert sorted(walk(store, JobFilter(limit=7, order="asc"))) == sorted(ids)
+    assert sorted(walk(store, JobQuery(limit=7))) == sorted(ids)
+    assert sorted(walk(store, JobQuery(limit=7, order="asc"))) == sorted(ids)
 
 
 def test_filters_status_model_owner_time_and_text(store):
     seed_jobs(store, 140, START)
-    failed = walk(store, JobFilter(status="failed", limit=10))
+    failed = walk(store, JobQuery(status="failed", limit=10))
     assert len(failed) == 20 and all(store.get(i).status.value == "failed" for i in failed)
-    owner = walk(store, JobFilter(owner="owner3", status="queued", limit=10))
+    owner = walk(store, JobQuery(owner="owner3", status="queued", limit=10))
     assert owner and all(store.get(i).owner == "owner3" and store.get(i).status.value == "queued" for i in owner)
-    assert walk(store, JobFilter(model="other-model")) == []
-    recent = walk(store, JobFilter(since=START + 100))
+    assert walk(store, JobQuery(model="other-model")) == []
+    recent = walk(store, JobQuery(since=START + 100))
     assert len(recent) == 40
-    foxes = walk(store, JobFilter(text="RED FOX", limit=5))
+    foxes = walk(store, JobQuery(text="RED FOX", limit=5))
     assert len(foxes) == 24 and all("red fox" in store.get(i).params["prompt"] for i in foxes)
 
 
 def test_a_sparse_filter_reads_a_bounded_window_and_says_keep_going(store):
     seed_jobs(store, 300, START)
-    page = find_jobs(store, JobFilter(text="#7", limit=50, max_scan=100))
+    page = find_jobs(store, JobQuery(text="#7", limit=50, max_scan=100))
     assert page.scanned == 100 and page.next_cursor is not None
-    assert walk(store, JobFilter(text="#7", limit=50, max_scan=100)) == \
-        walk(store, JobFilter(text="#7", limit=50, max_scan=1000))
+    assert walk(store, JobQuery(text="#7", limit=50, max_scan=100)) == \
+        walk(store, JobQuery(text="#7", limit=50, max_scan=1000))
 
 
 def test_percentiles():

@@ -46,15 +46,15 @@ def test_filters_status_model_and_time(client):
 
 def test_a_page_reads_a_bounded_part_of_the_index(client, app):
     """With a filter that matches nothing, a page still reads at most max_scan entries."""
-    from shared.jobs import store as store_module
+    from shared.jobs.query import JobQuery, decode_cursor, find_jobs
 
     for _ in range(6):
         client.post("/v1/jobs", json=GOOD)
-    jobs, cursor = app.extensions["kiln"].store.page(store_module.PageQuery(model="none", max_scan=4))
-    assert jobs == [] and cursor is not None
-    jobs, cursor = app.extensions["kiln"].store.page(
-        store_module.PageQuery(model="none", max_scan=4, cursor=store_module.decode_cursor(cursor)))
-    assert jobs == [] and cursor is None
+    store = app.extensions["kiln"].store
+    page = find_jobs(store, JobQuery(model="none", max_scan=4))
+    assert page.jobs == [] and page.next_cursor is not None
+    page = find_jobs(store, JobQuery(model="none", max_scan=4, cursor=decode_cursor(page.next_cursor)))
+    assert page.jobs == [] and page.next_cursor is None
 
 
 @pytest.mark.parametrize("query, field", [("status=done", "status"), ("limit=0", "limit"), ("limit=101", "limit"),
@@ -71,16 +71,16 @@ def test_bad_query_is_422(client, query, field):
 def test_paging_with_an_unmatched_filter_reaches_the_oldest_job(client, app):
     """A page that starts at a cursor re-reads the cursor's own entry and drops it: that must not
     be mistaken for the end of the index (regression: paging stopped after the second page)."""
-    from shared.jobs import store as store_module
+    from shared.jobs.query import JobQuery, decode_cursor, find_jobs
 
     store = app.extensions["kiln"].store
     ids = [client.post("/v1/jobs", json=GOOD).json["id"] for _ in range(9)]
     seen_pages, cursor = 0, None
     while True:
-        jobs, next_cursor = store.page(store_module.PageQuery(model="none", max_scan=4, cursor=cursor))
-        assert jobs == []
+        page = find_jobs(store, JobQuery(model="none", max_scan=4, cursor=cursor))
+        assert page.jobs == []
         seen_pages += 1
-        if next_cursor is None:
+        if page.next_cursor is None:
             break
-        cursor = store_module.decode_cursor(next_cursor)
+        cursor = decode_cursor(page.next_cursor)
     assert seen_pages == 3 and cursor[1] == ids[1]  # 4 + 4 entries read, the third page holds the last one
