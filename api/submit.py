@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from flask import request
 
-from api.app import Services
+from api.services import Services
 from shared import safehttp
 from shared.auth import Principal
 from shared.errors import BadRequest, Conflict, InputRefused, ValidationFailed

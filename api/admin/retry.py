@@ -11,7 +11,7 @@ import hashlib
 import json
 
 from api import submit
-from api.app import Services
+from api.services import Services
 from shared.auth import Principal
 from shared.ids import new_job_id
 from shared.inputs import INPUT_KEYS, Limits
