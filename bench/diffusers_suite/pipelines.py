@@ -1,0 +1,114 @@
+"""Run diffusers' own SD / SDXL / DDPM pipeline fast tests on diffusers, then on Kiln, and compare.
+
+    python -m bench.diffusers_suite.pipelines --suite /tmp/difftests/pipelines [--out DIR] [-k EXPR]
+
+`--suite` is a folder holding diffusers' test files as `tests/...` (fetched outside this repository;
+README.md names the versions). Both runs use the same offline Hugging Face cache, in which the one
+Hub file the fast tests read — the `hf-internal-testing/tiny-random-clip` tokenizer — is stood in for
+by Kiln's offline test tokenizer, so that nothing reaches the network. The second run loads
+`kiln_swap_pipelines`, which makes diffusers' class names resolve to Kiln's. Counted: the tests that
+pass on diffusers itself; reported: how many of them pass on Kiln, and Kiln's failures grouped by
+their error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_FILES = (
+    "tests/pipelines/stable_diffusion/test_stable_diffusion.py",
+    "tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py",
+    "tests/pipelines/ddpm/test_ddpm.py",
+)
+TOKENIZER_REPO = "hf-internal-testing/tiny-random-clip"
+
+
+def build_hub_cache(root: Path) -> Path:
+    """An offline hub cache holding a stand-in for the tiny CLIP tokenizer the fast tests download."""
+    sys.path.insert(0, str(REPO))
+    from tests.pipelines.hubcache import populate_cache
+    from tests.pipelines.tiny import tiny_tokenizer
+
+    source = root / "tokenizer"
+    tiny_tokenizer().save_pretrained(source)
+    populate_cache(root / "hub", TOKENIZER_REPO, source)
+    return root / "hub"
+
+
+def run_pytest(suite: Path, files: list[str], junit: Path, hub: Path, kiln: bool, keyword: str | None) -> None:
+    """One pytest run over `files` in a child process (diffusers' or Kiln's classes), junit XML to `junit`."""
+    env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(suite), str(REPO)]))
+    ini = suite / "pytest.ini"
+    if not ini.exists():
+        ini.write_text("[pytest]\n")
+    cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "-c", str(ini),
+           "--rootdir", str(suite), f"--junitxml={junit}", "-o", "junit_family=xunit1"]
+    if kiln:
+        cmd += ["-p", "bench.diffusers_suite.kiln_swap_pipelines"]
+    if keyword:
+        cmd += ["-k", keyword]
+    subprocess.run(cmd, cwd=suite, env=env, check=False)
+
+
+def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
+    """test id -> (passed | failed | skipped, first line of the failure message)."""
+    results = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        test_id = f"{case.get('classname')}::{case.get('name')}"
+        status, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error"):
+                status, message = "failed", (child.get("message") or child.text or "").strip()
+            elif child.tag == "skipped":
+                status, message = "skipped", child.get("message") or ""
+        results[test_id] = (status, message.splitlines()[0][:160] if message else "")
+    return results
+
+
+def report(reference: dict, kiln: dict) -> str:
+    """The comparison table: counted tests, Kiln's passes, and Kiln's failures grouped by message."""
+    counted = sorted(t for t, (status, _) in reference.items() if status == "passed")
+    passed = [t for t in counted if kiln.get(t, ("missing", ""))[0] == "passed"]
+    groups: dict[str, list[str]] = defaultdict(list)
+    for test in counted:
+        status, message = kiln.get(test, ("missing", "not run"))
+        if status != "passed":
+            groups[message or status].append(test.rsplit(".", 1)[-1])
+    share = 100 * len(passed) / len(counted) if counted else 0.0
+    lines = [f"collected: {len(reference)}  pass on diffusers: {len(counted)}  "
+             f"of those pass on Kiln: {len(passed)} ({share:.0f} %)"]
+    for message, tests in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"\n[{len(tests)}] {message}")
+        lines += [f"    {t}" for t in tests]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", type=Path, required=True, help="folder with diffusers' tests/ inside")
+    parser.add_argument("--out", type=Path, default=None, help="where the junit files go (default: temp)")
+    parser.add_argument("--files", nargs="*", default=list(DEFAULT_FILES))
+    parser.add_argument("-k", dest="keyword", default=None)
+    parser.add_argument("--only", choices=("diffusers", "kiln"), default=None, help="rerun one side only")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="kiln-diffsuite-"))
+    out.mkdir(parents=True, exist_ok=True)
+    hub = build_hub_cache(out)
+    files = [f for f in args.files if (args.suite / f).exists()]
+    for side in ("diffusers", "kiln"):
+        if args.only in (None, side):
+            run_pytest(args.suite.resolve(), files, out / f"{side}.xml", hub, side == "kiln", args.keyword)
+    print(report(outcomes(out / "diffusers.xml"), outcomes(out / "kiln.xml")))
+
+
+if __name__ == "__main__":
+    main()
