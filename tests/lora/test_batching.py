@@ -111,3 +111,24 @@ def test_unet_cross_attention_scale_scales_the_adapters(pipe):
     got = pipe.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"scale": 0.4}).sample
     full = run_unet(pipe.unet, x, t, text)
     assert torch.equal(got, expected) and (got - full).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_a_replaced_adapter_is_not_served_from_stale_stacks(sd_folder):
+    """Linear layers cache each routing's stacked slots; replacing an adapter under the same name
+    (as the worker's LRU does after an eviction) must rebuild them."""
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(sd_folder)
+    x, t, text = unet_inputs(2)
+    results = []
+    for seed in (1, 2):
+        state = {f"unet.{k}": v for k, v in peft_layers(random_lora(pipe.unet, UNET_TARGETS, 4, seed)).items()}
+        pipe.load_lora_weights(state, adapter_name="a")
+        with adapter_rows([{"a": 1.0}, {}]):
+            results.append(run_unet(pipe.unet, x, t, text))
+        pipe.set_adapters("a")
+        expected = run_unet(pipe.unet, x[:1], t[:1], text[:1])
+        assert (results[-1][0] - expected[0]).abs().max() <= 1e-5
+        pipe.delete_adapters("a")
+    assert (results[0][0] - results[1][0]).abs().max() > 1e-3

@@ -6,9 +6,13 @@ scaling α/r, a row x of the batch gets
 
     y = W x + b + Σ_{a ∈ adapters(row)} weight_a · scale · (α_a / r_a) · B_a A_a x
 
-The base output W x + b is computed once for the whole batch; then, for each adapter, one grouped
-matmul over only the rows that use it (gather, A then B, scatter-add). Rows with no adapter add
-nothing. Which rows use which adapters comes from `worker.lora.routing` (per call); without a
+The base output W x + b is computed once for the whole batch. A linear layer then adds every row's
+delta in one batched matmul pair whatever the mix (Punica's "BGMV"): each distinct adapter set of
+the call is a slot whose A is its adapters' A stacked along the rank and whose B is their
+weighted, α/r-scaled B side by side (zero-padded to the largest total rank; the empty set is all
+zeros), built once per (routing, adapters) and reused by every step of a batch; each row gathers
+its slot. Otherwise (convolutions, or no routing) each adapter gets one grouped matmul over only
+the rows that use it (gather, A then B, scatter-add). Rows with no adapter add nothing. Which rows use which adapters comes from `worker.lora.routing` (per call); without a
 routing context every row uses the layer's own active set (`set_active`).
 
 The layers are subclasses of the layer they replace and share its Parameters, so state-dict keys,
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.lora.errors import LoraError
-from worker.lora.routing import Group, current_rows, current_scale
+from worker.lora.routing import AdapterRows, Group, current_rows, current_scale
 
 
 class LoraWeights(nn.Module):
@@ -57,6 +61,8 @@ class LoraLayerMixin:
         self.fused: dict[str, float] = {}  # adapter name -> factor fused into the weight
         self.__dict__["_base_module"] = base  # not a submodule: returned by `unwrap`
         self.__dict__["_original_weight"] = None
+        self.__dict__["_version"] = 0  # bumped when adapters change: stale slot stacks are rebuilt
+        self.__dict__["_slot_cache"] = None  # (key, A (S, r, in), B (S, out, r)) of the last routing
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, weights: LoraWeights) -> None:
@@ -67,6 +73,7 @@ class LoraLayerMixin:
                 f"fit a layer with weight {tuple(self.weight.shape)} (expected {expected} / {self._up_shape(weights.rank)})"
             )
         self.lora[name] = weights.to(self.weight.device, self.weight.dtype)  # inactive until set_active
+        self.__dict__["_version"] += 1
 
     def remove_adapter(self, name: str) -> None:
         if name in self.fused:
@@ -74,6 +81,7 @@ class LoraLayerMixin:
         self.active.pop(name, None)
         if name in self.lora:
             del self.lora[name]
+            self.__dict__["_version"] += 1
 
     def set_active(self, weights: dict[str, float]) -> None:
         """Adapters (and weights) every row uses when no routing context is set; unknown names skipped."""
@@ -109,6 +117,9 @@ class LoraLayerMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._base_forward(x)
         scale = current_scale()
+        rows = current_rows()
+        if rows is not None and self._slotted and not self.fused:
+            return self._add_slots(out, x, rows, scale)
         for group in self._groups(x.shape[0], x.device):
             out = self._add_group(out, x, group, scale)
         return out
@@ -145,6 +156,45 @@ class LoraLayerMixin:
 class LoraLinear(LoraLayerMixin, nn.Linear):
     """`nn.Linear` plus per-row LoRA deltas: x (N, ..., in) -> (N, ..., out)."""
 
+    _slotted = True  # routed calls add every row's delta in one batched matmul pair
+
+    def _add_slots(self, out: torch.Tensor, x: torch.Tensor, rows: AdapterRows, scale: float) -> torch.Tensor:
+        """out[n] += scale · B_slot(n) A_slot(n) x[n] for every row n, in two `bmm`s."""
+        stacks = self._slot_stacks(rows)
+        if stacks is None:  # no slot uses an adapter of this layer
+            return out
+        down, up = stacks
+        slot = rows.slot_index(x.shape[0], x.device)
+        n = x.shape[0]
+        xs = x.reshape(n, -1, self.in_features).to(down.dtype)  # (N, L, in)
+        h = torch.bmm(xs, down.index_select(0, slot).transpose(1, 2))  # (N, L, r)
+        delta = torch.bmm(h, up.index_select(0, slot).transpose(1, 2))  # (N, L, out)
+        return out.add_(delta.view(out.shape).to(out.dtype), alpha=scale)
+
+    def _slot_stacks(self, rows: AdapterRows) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A (S, r, in) and weighted, α/r-scaled B (S, out, r) of each slot, zero-padded to the
+        largest total rank r; cached for the last (routing, adapters) seen."""
+        key = (rows.rows, self._version)
+        cached = self._slot_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        slots = [[(self.lora[name], weight) for name, weight in slot if name in self.lora] for slot in rows.slots]
+        rank = max((sum(w.rank for w, _ in slot) for slot in slots), default=0)
+        stacks = None
+        if rank:
+            down = self.weight.new_zeros(len(slots), rank, self.in_features)
+            up = self.weight.new_zeros(len(slots), self.out_features, rank)
+            for s, slot in enumerate(slots):
+                start = 0
+                for weights, weight in slot:
+                    end = start + weights.rank
+                    down[s, start:end] = weights.down
+                    up[s, :, start:end] = weights.up * (weight * weights.scaling)
+                    start = end
+            stacks = (down, up)
+        self.__dict__["_slot_cache"] = (key, stacks)
+        return stacks
+
     @classmethod
     def wrap(cls, base: nn.Linear) -> LoraLinear:
         with torch.device("meta"):  # no new weights allocated: the base's Parameters are reused
@@ -169,6 +219,8 @@ class LoraLinear(LoraLayerMixin, nn.Linear):
 class LoraConv2d(LoraLayerMixin, nn.Conv2d):
     """`nn.Conv2d` plus per-row LoRA deltas: A is a conv with the base's kernel, stride and padding,
     B a 1×1 conv (kohya LoCon / PEFT). x (N, C, H, W) -> (N, C', H', W')."""
+
+    _slotted = False  # one grouped conv pair per adapter
 
     @classmethod
     def wrap(cls, base: nn.Conv2d) -> LoraConv2d:

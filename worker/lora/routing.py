@@ -60,6 +60,23 @@ class AdapterRows:
             self._groups[key] = self._build(batch, device)
         return self._groups[key]
 
+    @property
+    def slots(self) -> tuple[tuple[tuple[str, float], ...], ...]:
+        """The distinct adapter sets of the rows, in order of first use (the empty set included)."""
+        return tuple(dict.fromkeys(self.rows))
+
+    def slot_index(self, batch: int, device: torch.device) -> torch.Tensor:
+        """(batch,) index into `slots` of each row's adapter set (rows tiled as in `groups`)."""
+        key = ("slots", batch, str(device))
+        if key not in self._groups:
+            if batch % len(self.rows):
+                raise LoraError(f"a batch of {batch} rows is not a multiple of the {len(self.rows)} rows "
+                                "given to adapter_rows")
+            position = {row: i for i, row in enumerate(self.slots)}
+            self._groups[key] = torch.tensor([position[self.rows[n % len(self.rows)]] for n in range(batch)],
+                                             device=device)
+        return self._groups[key]
+
     def _build(self, batch: int, device: torch.device) -> list[Group]:
         R = len(self.rows)
         if batch % R:
