@@ -4,6 +4,7 @@
     python -m kiln_shapes export --work-dir ... --weights raw   # export a checkpoint as it stands
     python -m kiln_shapes evaluate --model models/kiln-shapes --scheduler dpmpp_2m --steps 20
     python -m kiln_shapes sweep dpmpp_2m:20:100 ddim:20:50 --grid-dir docs/images
+    python -m kiln_shapes tune-vae-decoder [--steps 600 ...]  # the VAE decoder learns every palette colour
     python -m kiln_shapes train-lora [--steps 900 ...]   # train models/kiln-shapes-pink
     python -m kiln_shapes evaluate-lora --adapter models/kiln-shapes-pink --prompts 54
 """
@@ -16,6 +17,7 @@ import json
 import logging
 import sys
 
+from kiln_shapes import data
 from kiln_shapes.train import TrainConfig, run
 
 
@@ -34,6 +36,15 @@ def _train_lora(args: argparse.Namespace) -> None:
 
     names = {f.name for f in dataclasses.fields(LoraConfig)}
     print(train_lora(LoraConfig(**{k: v for k, v in vars(args).items() if k in names})))
+
+
+def _tune_vae_decoder(args: argparse.Namespace) -> None:
+    from kiln_shapes.vae_decoder import DecoderConfig, reconstruction_scores, tune_decoder
+
+    names = {f.name for f in dataclasses.fields(DecoderConfig)}
+    folder = tune_decoder(DecoderConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    for colours in (["pink"], list(data.COLOURS)):
+        print(colours, json.dumps(reconstruction_scores(str(folder), colours)))
 
 
 def _evaluate_lora(args: argparse.Namespace) -> None:
@@ -82,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
 
     _add_config_flags(train_lora, LoraConfig)
     train_lora.set_defaults(handler=_train_lora)
+    tune_vae = commands.add_parser("tune-vae-decoder", help="teach the VAE decoder every palette colour")
+    from kiln_shapes.vae_decoder import DecoderConfig
+
+    _add_config_flags(tune_vae, DecoderConfig)
+    tune_vae.set_defaults(handler=_tune_vae_decoder)
     evaluate_lora = commands.add_parser("evaluate-lora", help="held-out pink prompts with and without the adapter")
     evaluate_lora.add_argument("--model", default="models/kiln-shapes")
     evaluate_lora.add_argument("--adapter", default="models/kiln-shapes-pink")
@@ -112,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     sweep.add_argument("--guidance", type=float, default=4.0)
     sweep.add_argument("--grid-dir", default=None, help="write kiln-shapes-SCHEDULER-STEPS.png grids here")
     sweep.set_defaults(handler=_sweep)
+    from kiln_shapes.flux_cli import add_commands as add_flux_commands
+
+    add_flux_commands(commands)  # train-flux, export-flux
     args = parser.parse_args(argv)
     args.handler(args)
 

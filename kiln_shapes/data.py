@@ -66,8 +66,9 @@ def caption(scene: Scene) -> str:
 
 
 def scene_from_caption(text: str) -> Scene:
-    """The (unjittered) scene a caption describes; ValueError if no scene has that caption."""
-    for combination in all_combinations():
+    """The (unjittered) scene a caption describes, in any palette colour (adapter colours too);
+    ValueError if no scene has that caption."""
+    for combination in itertools.product(SHAPES, PALETTE, SIZES, POSITIONS, BACKGROUNDS):
         scene = Scene(*combination)
         if caption(scene) == text:
             return scene

@@ -4,9 +4,11 @@ Phases, each resumable from `work_dir/checkpoint.pt` (written every `checkpoint_
 1. `vae`: reconstruction (L1 + MSE) plus a small KL term on a fixed set of drawn images.
 2. `latents`: encode the set once; keep posterior mean and std, and set `scaling_factor` = 1 / std
    of the latents (as Stable Diffusion does).
-3. `unet`: v-prediction loss (Salimans & Ho 2022; epsilon if the schedule says so) with min-SNR-5
-   weighting (Hang et al. 2023), 10 % of captions dropped to "" for classifier-free guidance; EMA of
-   weights.
+3. `unet`: v-prediction loss (Salimans & Ho 2022; epsilon if the schedule says so) whose x0 error
+   counts min(SNR + snr_offset, 5) times (offset 0: min-SNR-5, Hang et al. 2023; offset 1 keeps the
+   high-noise steps, where position is decided, at weight >= 1), 10 % of captions dropped to "" for
+   classifier-free guidance; EMA of weights. `init_from` starts the UNet and text encoder from an
+   exported model (a fine-tune) instead of a seeded initialisation.
 Every random draw of step `k` comes from a generator seeded by (seed, phase, k), so a run that
 resumes from a checkpoint makes the same model as one that never stopped.
 """
@@ -54,8 +56,10 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     ema_decay: float = 0.998
     min_snr: float = 5.0
+    snr_offset: float = 0.0  # the x0 error counts min(SNR + snr_offset, min_snr) times
     checkpoint_every: int = 100
     vae_from: str = ""  # a Diffusers-layout model folder whose trained `vae` is reused (phase 1 skipped)
+    init_from: str = ""  # a Diffusers-layout model folder whose unet + text_encoder start the UNet phase
     device: str = "cpu"
     threads: int = 2
 
@@ -152,17 +156,22 @@ def encode_dataset(cfg: TrainConfig, vae: torch.nn.Module, images: torch.Tensor)
 
 
 # ---------------------------------------------------------------------------------------- UNet
-def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str = "v_prediction") -> torch.Tensor:
-    """Per-sample loss weight that makes the loss min(SNR, gamma) times the x0 error; SNR = a / (1 - a).
+def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str = "v_prediction",
+                    offset: float = 0.0) -> torch.Tensor:
+    """Per-sample loss weight that makes the loss min(SNR + offset, gamma) times the x0 error;
+    SNR = a / (1 - a).
 
-    An epsilon error is SNR times the x0 error (weight min(SNR, gamma) / SNR); a v error is
-    (SNR + 1) times it (weight min(SNR, gamma) / (SNR + 1)).
+    An epsilon error is SNR times the x0 error (weight min(SNR + offset, gamma) / SNR); a v error is
+    (SNR + 1) times it (weight min(SNR + offset, gamma) / (SNR + 1)). With offset 0 (min-SNR) the x0
+    error at high noise counts ~SNR ~ 0 times; with offset 1 and v it counts at least once — there
+    the prompt alone says where the object goes.
     """
     snr = alpha_bar / (1.0 - alpha_bar)
+    weight = torch.clamp(snr + offset, max=gamma)
     if prediction_type == "epsilon":
-        return torch.clamp(snr, max=gamma) / snr
+        return weight / snr
     if prediction_type == "v_prediction":
-        return torch.clamp(snr, max=gamma) / (snr + 1.0)
+        return weight / (snr + 1.0)
     raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
 
 
@@ -182,7 +191,8 @@ def unet_loss(cfg: TrainConfig, state: dict[str, Any], batch: dict[str, torch.Te
     else:
         target = noise
     per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
-    return (min_snr_weights(alpha_bar.view(-1), cfg.min_snr, prediction_type) * per_sample).mean()
+    weights = min_snr_weights(alpha_bar.view(-1), cfg.min_snr, prediction_type, cfg.snr_offset)
+    return (weights * per_sample).mean()
 
 
 def unet_batch(cfg: TrainConfig, state: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -258,8 +268,11 @@ def initial_state(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
     """Fresh models (seeded) and optimizers, on `cfg.device`."""
     torch.manual_seed(cfg.seed)
     vae = (load_vae(cfg.vae_from) if cfg.vae_from else models.build_vae(cfg.preset)).to(cfg.device)
-    text_encoder = models.build_text_encoder(cfg.preset, len(tokenizer), MAX_LENGTH).to(cfg.device)
-    unet = models.build_unet(cfg.preset).to(cfg.device)
+    text_encoder = models.build_text_encoder(cfg.preset, len(tokenizer), MAX_LENGTH)
+    unet = models.build_unet(cfg.preset)
+    if cfg.init_from:
+        load_trained(cfg.init_from, unet, text_encoder)
+    text_encoder, unet = text_encoder.to(cfg.device), unet.to(cfg.device)
     params = [*unet.parameters(), *text_encoder.parameters()]
     return {
         "phase": "unet" if cfg.vae_from else "vae", "step": 0, "vae": vae, "text_encoder": text_encoder, "unet": unet,
@@ -277,6 +290,17 @@ def load_vae(folder: str) -> torch.nn.Module:
 
     logger.info("reusing the VAE of %s; VAE phase skipped", folder)
     return AutoencoderKL.from_pretrained(folder, subfolder="vae")
+
+
+def load_trained(folder: str, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+    """Copy the `unet` and `text_encoder` weights of an exported model (any dtype) into fresh float32
+    networks of the same preset; a preset that does not match fails on the first mismatched tensor."""
+    from safetensors.torch import load_file
+
+    logger.info("starting the UNet phase from the unet and text encoder of %s", folder)
+    for module, sub, name in ((unet, "unet", "diffusion_pytorch_model"), (text_encoder, "text_encoder", "model")):
+        weights = load_file(str(Path(folder) / sub / f"{name}.safetensors"))
+        module.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
 
 
 def resume(cfg: TrainConfig, state: dict[str, Any]) -> None:
