@@ -67,8 +67,9 @@ def _export(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from kiln_shapes.evaluate import evaluate_model
 
+    extra = {"max_sequence_length": args.max_sequence_length} if args.max_sequence_length else {}
     result = evaluate_model(args.model, scheduler=args.scheduler, steps=args.steps, n_prompts=args.prompts,
-                            guidance_scale=args.guidance, seed=args.seed, grid_path=args.grid)
+                            guidance_scale=args.guidance, seed=args.seed, grid_path=args.grid, **extra)
     print(json.dumps(result, indent=2))
 
 
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--guidance", type=float, default=4.0)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--grid", default=None, help="write a PNG grid of the first 32 images here")
+    evaluate.add_argument("--max-sequence-length", type=int, default=0, help="T5 length of a FLUX model (32 for kiln-shapes-flux)")
     evaluate.set_defaults(handler=_evaluate)
     sweep = commands.add_parser("sweep", help="accuracy table over schedulers and step counts")
     sweep.add_argument("settings", nargs="+", help="scheduler:steps:prompts, e.g. dpmpp_2m:20:100")

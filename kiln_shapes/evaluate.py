@@ -164,8 +164,11 @@ def score(scenes: list[data.Scene], images: np.ndarray,
 
 
 def generate(pipe, prompts: list[str], steps: int, guidance_scale: float, seed: int,
-             batch_size: int = 25) -> np.ndarray:
-    """(N, 64, 64, 3) uint8 images; prompt i uses a generator seeded `seed + i` (batch-independent)."""
+             batch_size: int = 25, **pipe_kwargs) -> np.ndarray:
+    """(N, 64, 64, 3) uint8 images; prompt i uses a generator seeded `seed + i` (batch-independent).
+
+    `pipe_kwargs` go to every pipeline call (e.g. `max_sequence_length` of a FLUX model, which must
+    match the length it was trained with)."""
     import torch
 
     out = []
@@ -173,7 +176,7 @@ def generate(pipe, prompts: list[str], steps: int, guidance_scale: float, seed: 
         chunk = prompts[start:start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
         images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
-                      height=data.IMAGE_SIZE, width=data.IMAGE_SIZE, output_type="np").images
+                      height=data.IMAGE_SIZE, width=data.IMAGE_SIZE, output_type="np", **pipe_kwargs).images
         out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)
 
@@ -189,15 +192,17 @@ def save_grid(images: np.ndarray, path: str, columns: int = 8, scale: int = 2) -
 
 
 def evaluate_model(model: str, scheduler: str = "dpmpp_2m", steps: int = 20, n_prompts: int = 100,
-                   guidance_scale: float = 4.0, seed: int = 0, grid_path: str | None = None, pipe=None) -> dict:
-    """Accuracy of a kiln-shapes model on held-out prompts with one scheduler and step count."""
+                   guidance_scale: float = 4.0, seed: int = 0, grid_path: str | None = None, pipe=None,
+                   **pipe_kwargs) -> dict:
+    """Accuracy of a kiln-shapes model on held-out prompts with one scheduler and step count
+    (`pipe_kwargs`: extra pipeline arguments, as in `generate`)."""
     from worker.pipelines import DiffusionPipeline
     from worker.schedulers import build_scheduler
 
     pipe = pipe or DiffusionPipeline.from_pretrained(model)
     pipe.scheduler = build_scheduler(scheduler, pipe.scheduler)
     scenes = held_out_scenes(n_prompts)
-    images = generate(pipe, [data.caption(s) for s in scenes], steps, guidance_scale, seed)
+    images = generate(pipe, [data.caption(s) for s in scenes], steps, guidance_scale, seed, **pipe_kwargs)
     if grid_path:
         save_grid(images, grid_path)
     return {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "prompts": len(scenes),
