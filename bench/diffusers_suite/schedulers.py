@@ -1,0 +1,177 @@
+"""Run diffusers' own scheduler tests on diffusers, then on Kiln's schedulers, and compare.
+
+    python -m bench.diffusers_suite.schedulers --suite /tmp/difftests/schedulers [--out DIR] [-k EXPR]
+
+`--suite` is a folder holding diffusers' test files as `tests/schedulers/...` plus `tests/testing_utils.py`
+(fetched outside this repository; README.md names the versions). Both runs are the same pytest command
+in a child process; the second sets `KILN_SHIM=1`, and this module, loaded as a pytest plugin
+(`-p bench.diffusers_suite.schedulers`), then makes diffusers' public scheduler names resolve to Kiln's
+classes of the same name before any test module imports them. Counted: the tests that pass on diffusers
+itself, less those that test no Kiln class (see `not_kiln`); reported: how many of them pass on Kiln,
+and Kiln's failures grouped by their error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHIM_ENV = "KILN_SHIM"
+
+# Test classes collected from diffusers' files that exercise no Kiln scheduler: the shared base
+# (imported into every module, with no scheduler class) and diffusers' own ConfigMixin tests.
+NOT_KILN_CLASSES = ("SchedulerCommonTest", "SchedulerBaseTests")
+# Single tests in those files that build a scheduler class Kiln does not have.
+NOT_KILN_TESTS = ("test_flow_match_lcm_single_step_no_nan",)
+
+
+# --- pytest plugin side (loaded in the child process) ---------------------------------------------
+
+
+def kiln_scheduler_classes() -> dict[str, type]:
+    """Kiln's scheduler classes whose names diffusers also exports."""
+    import diffusers
+
+    import worker.schedulers as kiln
+
+    return {
+        name: value
+        for name in kiln.__all__
+        if inspect.isclass(value := getattr(kiln, name))
+        and issubclass(value, kiln.SchedulerMixin)
+        and value is not kiln.SchedulerMixin
+        and hasattr(diffusers, name)
+    }
+
+
+def install_shim() -> dict[str, type]:
+    """Point `diffusers.<Name>`, `diffusers.schedulers.<Name>` and the defining module's name at Kiln."""
+    import diffusers
+
+    mapping = kiln_scheduler_classes()
+    schedulers = importlib.import_module("diffusers.schedulers")
+    for name, cls in mapping.items():
+        home = sys.modules.get(getattr(getattr(diffusers, name), "__module__", ""))
+        for module in (diffusers, schedulers, home):
+            if module is not None:
+                setattr(module, name, cls)
+    return mapping
+
+
+def add_test_helpers() -> None:
+    """Both runs: the older test files read `diffusers.utils.torch_device`, which 0.42 keeps only in
+    `diffusers.utils.testing_utils`; give it the same value there (no other change to the tests)."""
+    import diffusers.utils
+
+    if not hasattr(diffusers.utils, "torch_device"):
+        from diffusers.utils.testing_utils import torch_device
+
+        diffusers.utils.torch_device = torch_device
+
+
+def pytest_configure(config) -> None:
+    add_test_helpers()
+    if os.environ.get(SHIM_ENV) == "1":
+        config._kiln_mapped = install_shim()
+
+
+def pytest_report_header(config):
+    mapped = getattr(config, "_kiln_mapped", None)
+    return f"kiln shim: {sorted(mapped) if mapped else 'off'}"
+
+
+# --- runner side ---------------------------------------------------------------------------------
+
+
+def run_pytest(suite: Path, junit: Path, kiln: bool, keyword: str | None) -> None:
+    """One pytest run over the suite's scheduler tests in a child process; junit XML to `junit`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(suite), str(REPO)]))
+    env[SHIM_ENV] = "1" if kiln else "0"
+    ini = suite / "pytest.ini"
+    if not ini.exists():
+        ini.write_text("[pytest]\n")
+    cmd = [sys.executable, "-m", "pytest", "tests/schedulers", "-q", "-p", "no:cacheprovider",
+           "-p", "bench.diffusers_suite.schedulers", "-c", str(ini), "--rootdir", str(suite),
+           f"--junitxml={junit}", "-o", "junit_family=xunit1"]
+    if keyword:
+        cmd += ["-k", keyword]
+    subprocess.run(cmd, cwd=suite, env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
+    """test id -> (passed | failed | skipped, first line of the failure message)."""
+    results = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        test_id = f"{case.get('classname')}::{case.get('name')}"
+        status, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error"):
+                status, message = "failed", (child.get("message") or child.text or "").strip()
+            elif child.tag == "skipped":
+                status, message = "skipped", child.get("message") or ""
+        results[test_id] = (status, message.splitlines()[0][:200] if message else "")
+    return results
+
+
+def not_kiln(test_id: str) -> bool:
+    """True for collected tests that exercise no Kiln class (left out of the count)."""
+    cls, _, name = test_id.rpartition("::")
+    return cls.rsplit(".", 1)[-1] in NOT_KILN_CLASSES or name in NOT_KILN_TESTS
+
+
+def report(reference: dict, kiln: dict) -> str:
+    """The comparison: counted tests, Kiln's passes, and Kiln's failures grouped by message."""
+    kept = {t: v for t, v in reference.items() if not not_kiln(t)}
+    counted = sorted(t for t, (status, _) in kept.items() if status == "passed")
+    passed = [t for t in counted if kiln.get(t, ("missing", ""))[0] == "passed"]
+    groups: dict[str, list[str]] = defaultdict(list)
+    for t in counted:
+        status, message = kiln.get(t, ("missing", "not collected"))
+        if status != "passed":
+            groups[message or status].append(t)
+    share = 100.0 * len(passed) / len(counted) if counted else 0.0
+    lines = [
+        f"collected (Kiln classes): {len(kept)}  (left out, no Kiln class: {len(reference) - len(kept)})",
+        f"pass on diffusers:        {len(counted)}",
+        f"of those pass on Kiln:    {len(passed)}  ({share:.1f} %)",
+    ]
+    failing_ref = sorted(t for t, (status, _) in kept.items() if status != "passed")
+    if failing_ref:
+        lines.append(f"\nnot counted (fail or skip on diffusers itself): {len(failing_ref)}")
+        lines += [f"  {t}: {kept[t][1]}" for t in failing_ref]
+    for message, tests in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"\n[{len(tests)}] {message}")
+        lines += [f"    {t}" for t in tests]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", type=Path, required=True, help="folder holding tests/schedulers/")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the two junit files")
+    parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="kiln-sched-suite-"))
+    out.mkdir(parents=True, exist_ok=True)
+    suite = args.suite.resolve()
+    runs = {}
+    for name, kiln in (("diffusers", False), ("kiln", True)):
+        junit = out / f"{name}.xml"
+        run_pytest(suite, junit, kiln, args.keyword)
+        runs[name] = outcomes(junit)
+    print(report(runs["diffusers"], runs["kiln"]))
+    print(f"\njunit files: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
