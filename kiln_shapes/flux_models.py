@@ -32,6 +32,7 @@ LATENT_CHANNELS = 4  # the bundled kiln-shapes VAE
 # scheduler applies the same fixed shift to its sigma grid, so sampling spends its steps where
 # training did (more of them at high noise, where colour, shape and place are decided).
 SHIFT = 2.0
+DEFAULT_STEPS = 8  # Euler steps the model is evaluated (and should be served) with; no CFG (guidance 1)
 
 
 def build_transformer(preset: str, text_dim: int, pooled_dim: int) -> torch.nn.Module:
