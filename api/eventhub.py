@@ -18,6 +18,8 @@ from collections import defaultdict
 
 import redis
 
+from shared.redis_keys import RedisKeys
+
 logger = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 POLL_S = 1.0  # the listener checks this often whether anyone still watches
@@ -26,8 +28,8 @@ SUBSCRIBE_WAIT_S = 2.0
 
 class EventHub:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.redis, self.pattern = client, f"{prefix}:events:*"
-        self._channel_prefix = f"{prefix}:events:"
+        self.redis, self.pattern = client, RedisKeys(prefix).events_pattern
+        self._channel_prefix = RedisKeys(prefix).events_stem
         self._watchers: dict[str, set[queue.Queue]] = defaultdict(set)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

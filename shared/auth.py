@@ -24,6 +24,7 @@ from typing import Literal
 import redis
 
 from shared.errors import NotFound, ValidationFailed
+from shared.redis_keys import DEFAULT_PREFIX, RedisKeys
 
 Role = Literal["user", "admin"]
 ROLES: tuple[str, ...] = ("user", "admin")
@@ -74,15 +75,15 @@ def hash_secret(token: str) -> str:
 class KeyStore:
     """API keys in Redis (see the module docstring for the layout)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "kiln") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.names = RedisKeys(prefix)
 
     def _key(self, key_id: str) -> str:
-        return f"{self.prefix}:key:{key_id}"
+        return self.names.api_key(key_id)
 
     def _by_hash(self, digest: str) -> str:
-        return f"{self.prefix}:keyhash:{digest}"
+        return self.names.api_key_by_hash(digest)
 
     def create(self, role: str = "user", name: str = "", owner: str | None = None,
                token: str | None = None) -> CreatedKey:
@@ -97,7 +98,7 @@ class KeyStore:
         if not self.redis.set(self._by_hash(digest), key_id, nx=True):
             return CreatedKey(self.get(self.redis.get(self._by_hash(digest))), token)
         self.redis.hset(self._key(key_id), mapping=record)
-        self.redis.zadd(f"{self.prefix}:keys", {key_id: time.time()})
+        self.redis.zadd(self.names.api_keys, {key_id: time.time()})
         return CreatedKey(self.get(key_id), token)
 
     def verify(self, token: str) -> Principal | None:
@@ -133,7 +134,7 @@ class KeyStore:
         return _public(raw)
 
     def list(self, limit: int = 1000) -> list[dict]:
-        ids = self.redis.zrange(f"{self.prefix}:keys", 0, limit - 1)
+        ids = self.redis.zrange(self.names.api_keys, 0, limit - 1)
         pipe = self.redis.pipeline(transaction=False)
         for key_id in ids:
             pipe.hgetall(self._key(key_id))

@@ -20,13 +20,13 @@ from shared.affinity import route
 from shared.auth import KeyStore
 from shared.celery_app import enqueue_job
 from shared.fairqueue import FairQueue
+from shared.jobs.store import JobStore
 from shared.settings import Settings, get_settings
 from shared.webhooks import WebhookConfig, Webhooks
 from shared.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 RESEND_AFTER_S = 30.0
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def make_webhooks(settings: Settings, client: redis.Redis) -> Webhooks:
@@ -44,6 +44,7 @@ class Dispatcher:
     def __init__(self, settings: Settings, send=None) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.jobs = JobStore(self.redis, settings.key_prefix, settings.retention_s)
         self.broker = redis.Redis.from_url(settings.celery_broker_url, decode_responses=True)
         self.fair = FairQueue(self.redis, settings.key_prefix)
         self.registry = WorkerRegistry(self.redis, settings.key_prefix)
@@ -56,7 +57,7 @@ class Dispatcher:
         """Send to a worker already holding the job's model if one has room (`shared.affinity`)."""
         if self._celery is None:
             self._celery = services.celery(self.settings)
-        model = self.redis.hget(f"{self.settings.key_prefix}:job:{job_id}", "model")
+        model = self.jobs.model(job_id)
         if model:
             queue = route(self.registry, self.broker, model, queue)
         enqueue_job(self._celery, job_id, queue)
@@ -70,7 +71,8 @@ class Dispatcher:
         for queue in self.fair.queues():
             room = self.settings.dispatch_queue_depth - self.broker.llen(queue)
             while room > 0 and (job_id := self.fair.take(queue)):
-                if self.redis.hget(f"{self.settings.key_prefix}:job:{job_id}", "status") not in TERMINAL:
+                status = self.jobs.status(job_id)
+                if status is None or not status.terminal:
                     self._send(job_id, queue)
                     room -= 1
                     sent += 1

@@ -27,21 +27,23 @@ import time
 
 import redis
 
-# KEYS[1] ring, KEYS[2] queues set. ARGV: prefix, queue, key id, job id.
+from shared.redis_keys import RedisKeys
+
+# KEYS[1] ring, KEYS[2] queues set, KEYS[3] the key's waiting list. ARGV: queue, key id, job id.
 PUSH = """
-local wait = ARGV[1] .. ':fair:' .. ARGV[2] .. ':wait:' .. ARGV[3]
-redis.call('RPUSH', wait, ARGV[4])
-if not redis.call('LPOS', KEYS[1], ARGV[3]) then redis.call('RPUSH', KEYS[1], ARGV[3]) end
-redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+if not redis.call('LPOS', KEYS[1], ARGV[2]) then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS[1] ring, KEYS[2] inflight zset, KEYS[3] inflight queue hash. ARGV: prefix, queue, now.
+# KEYS[1] ring, KEYS[2] inflight zset, KEYS[3] inflight queue hash. ARGV: the queue's waiting-list
+# stem (`RedisKeys.fair_wait_stem`: a key's list is the stem plus the key id), queue, now.
 # Rotates the ring by one key and pops that key's oldest job id. Returns the id or false.
 TAKE = """
 for _ = 1, redis.call('LLEN', KEYS[1]) do
   local key = redis.call('LMOVE', KEYS[1], KEYS[1], 'LEFT', 'RIGHT')
-  local wait = ARGV[1] .. ':fair:' .. ARGV[2] .. ':wait:' .. key
+  local wait = ARGV[1] .. key
   local id = redis.call('LPOP', wait)
   if redis.call('LLEN', wait) == 0 then redis.call('LREM', KEYS[1], 0, key) end
   if id then
@@ -56,24 +58,24 @@ return false
 
 class FairQueue:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.redis, self.prefix = client, prefix
+        self.redis, self.names = client, RedisKeys(prefix)
         self._push = client.register_script(PUSH)
         self._take = client.register_script(TAKE)
-        self.inflight = f"{prefix}:fair:inflight"
-        self.inflight_queue = f"{prefix}:fair:inflight:queue"
+        self.inflight = self.names.fair_inflight
+        self.inflight_queue = self.names.fair_inflight_queue
 
     def ring(self, queue: str) -> str:
-        return f"{self.prefix}:fair:{queue}:ring"
+        return self.names.fair_ring(queue)
 
     def push(self, queue: str, key_id: str, job_id: str) -> None:
         """Append `job_id` to `key_id`'s waiting list for Celery queue `queue`."""
-        self._push(keys=[self.ring(queue), f"{self.prefix}:fair:queues"],
-                   args=[self.prefix, queue, key_id, job_id])
+        self._push(keys=[self.ring(queue), self.names.fair_queues, self.names.fair_wait(queue, key_id)],
+                   args=[queue, key_id, job_id])
 
     def take(self, queue: str) -> str | None:
         """The next job id, round-robin over keys, now marked in flight; None when none waits."""
         return self._take(keys=[self.ring(queue), self.inflight, self.inflight_queue],
-                          args=[self.prefix, queue, repr(time.time())]) or None
+                          args=[self.names.fair_wait_stem(queue), queue, repr(time.time())]) or None
 
     def sent(self, job_id: str) -> None:
         """The broker has the message: the id is no longer in flight."""
@@ -89,9 +91,9 @@ class FairQueue:
         return [(job_id, queue) for job_id, queue in zip(ids, queues) if queue]
 
     def queues(self) -> list[str]:
-        return sorted(self.redis.smembers(f"{self.prefix}:fair:queues"))
+        return sorted(self.redis.smembers(self.names.fair_queues))
 
     def waiting(self, queue: str) -> int:
         """How many jobs wait, all keys together (for metrics and tests)."""
         keys = self.redis.lrange(self.ring(queue), 0, -1)
-        return sum(self.redis.llen(f"{self.prefix}:fair:{queue}:wait:{key}") for key in keys)
+        return sum(self.redis.llen(self.names.fair_wait(queue, key)) for key in keys)

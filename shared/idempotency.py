@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from shared.errors import BadRequest, Conflict
+from shared.redis_keys import RedisKeys
 
 MAX_KEY_LENGTH = 255
 
@@ -27,13 +28,13 @@ class Claim:
 
 class Idempotency:
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
-        self.redis, self.prefix, self.ttl_s = client, prefix, ttl_s
+        self.redis, self.names, self.ttl_s = client, RedisKeys(prefix), ttl_s
 
     def _key(self, scope: str, header: str) -> str:
         if not header or len(header) > MAX_KEY_LENGTH or not header.isprintable():
             raise BadRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters",
                              field="Idempotency-Key", code="invalid_idempotency_key")
-        return f"{self.prefix}:idem:{scope}:{hashlib.sha256(header.encode()).hexdigest()}"
+        return self.names.idempotency(scope, hashlib.sha256(header.encode()).hexdigest())
 
     def claim(self, scope: str, header: str, body_hash: str, job_id: str) -> Claim:
         """Claim `header` for a new job `job_id`, or return the job it already names.

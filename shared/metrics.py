@@ -254,7 +254,7 @@ class ClusterCollector(Collector):
                                  value=self._oldest_queued_age())
 
     def _oldest_queued_age(self) -> float:
-        key = f"{self.store.prefix}:jobs:status:{Status.QUEUED.value}"
+        key = self.store.index_key(Status.QUEUED)
         oldest = self.store.redis.zrange(key, 0, 0, withscores=True)
         return max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
 

@@ -15,6 +15,8 @@ import time
 import redis
 
 from shared.errors import ServiceUnavailable, TooManyRequests
+from shared.jobs.scripts import is_terminal_lua
+from shared.redis_keys import RedisKeys
 
 
 class Overloaded(ServiceUnavailable):
@@ -61,11 +63,12 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
 return 1
 """
 
-# KEYS[1] active set. ARGV: job key prefix ("p:job:"), cap, job id. Returns 1 admitted, 0 full.
-ADMIT = """
+# KEYS[1] active set. ARGV: job record stem (`RedisKeys.job_stem`: a record is the stem plus its id),
+# cap, job id. Returns 1 admitted, 0 full.
+ADMIT = is_terminal_lua() + """
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local s = redis.call('HGET', ARGV[1] .. id, 'status')
-  if (not s) or s == 'succeeded' or s == 'failed' or s == 'canceled' then
+  if (not s) or is_terminal(s) then
     redis.call('SREM', KEYS[1], id)
   end
 end
@@ -77,7 +80,7 @@ return 1
 
 class Quotas:
     def __init__(self, client: redis.Redis, prefix: str, rate_per_s: float, burst: int, max_active: int) -> None:
-        self.redis, self.prefix = client, prefix
+        self.redis, self.names = client, RedisKeys(prefix)
         self.rate, self.burst, self.max_active = rate_per_s, burst, max_active
         self._take = client.register_script(TAKE_TOKEN)
         self._admit = client.register_script(ADMIT)
@@ -86,7 +89,7 @@ class Quotas:
     def take_token(self, key_id: str) -> None:
         """Take one submission token or raise `TooManyRequests` with the wait."""
         ttl = int(self.burst / self.rate) + 60
-        ok, wait_ms = self._take(keys=[f"{self.prefix}:bucket:{key_id}"],
+        ok, wait_ms = self._take(keys=[self.names.bucket(key_id)],
                                  args=[self.rate, self.burst, repr(time.time()), ttl])
         if not ok:
             raise TooManyRequests(
@@ -95,7 +98,7 @@ class Quotas:
 
     def check_token(self, key_id: str) -> None:
         """Refuse now, before the body is read, when `take_token` would; takes nothing."""
-        wait_ms = self._peek(keys=[f"{self.prefix}:bucket:{key_id}"], args=[self.rate, self.burst, repr(time.time())])
+        wait_ms = self._peek(keys=[self.names.bucket(key_id)], args=[self.rate, self.burst, repr(time.time())])
         if wait_ms:
             raise TooManyRequests(
                 f"submission rate limit reached ({self.rate:g}/s, burst {self.burst}); retry later",
@@ -103,8 +106,8 @@ class Quotas:
 
     def admit(self, key_id: str, job_id: str) -> None:
         """Count `job_id` as active for `key_id`, or raise `TooManyRequests` at the cap."""
-        admitted = self._admit(keys=[f"{self.prefix}:active:{key_id}"],
-                               args=[f"{self.prefix}:job:", self.max_active, job_id])
+        admitted = self._admit(keys=[self.names.active(key_id)],
+                               args=[self.names.job_stem, self.max_active, job_id])
         if not admitted:
             raise TooManyRequests(
                 f"this key has {self.max_active} queued or running jobs, the most allowed; "
@@ -112,18 +115,18 @@ class Quotas:
 
     def release(self, key_id: str, job_id: str) -> None:
         """Undo `admit` for a job that was never created."""
-        self.redis.srem(f"{self.prefix}:active:{key_id}", job_id)
+        self.redis.srem(self.names.active(key_id), job_id)
 
 
 class StreamSlots:
     """At most `per_key` open event streams per API key, over every API process."""
 
     def __init__(self, client: redis.Redis, prefix: str, per_key: int, ttl_s: float) -> None:
-        self.redis, self.prefix, self.per_key, self.ttl_s = client, prefix, per_key, ttl_s
+        self.redis, self.names, self.per_key, self.ttl_s = client, RedisKeys(prefix), per_key, ttl_s
         self._open = client.register_script(OPEN_STREAM)
 
     def _key(self, key_id: str) -> str:
-        return f"{self.prefix}:streams:{key_id}"
+        return self.names.streams(key_id)
 
     def open(self, key_id: str, stream_id: str) -> None:
         """Count a new stream for `key_id`, or raise `TooManyRequests` at the cap."""

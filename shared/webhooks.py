@@ -32,9 +32,10 @@ import redis
 
 from shared import safehttp
 from shared.errors import InputRefused
+from shared.jobs.record import Job, Status
+from shared.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "canceled")
 
 # KEYS[1] due zset. ARGV: now, claim seconds. Claims the first due delivery by pushing its score
 # past the claim window, so another deliverer does not take it meanwhile.
@@ -75,17 +76,19 @@ class WebhookConfig:
 class Webhooks:
     def __init__(self, client: redis.Redis, prefix: str, config: WebhookConfig,
                  secret_for: Callable[[str], str]) -> None:
-        self.redis, self.prefix, self.config = client, prefix, config
+        self.redis, self.config = client, config
+        self.jobs = JobStore(client, prefix)  # reads only: job statuses and records
+        self.names = self.jobs.names
         self.secret_for = secret_for
         self._claim = client.register_script(CLAIM)
-        self.watch_key, self.due_key = f"{prefix}:webhooks:watch", f"{prefix}:webhooks:due"
+        self.watch_key, self.due_key = self.names.webhooks_watch, self.names.webhooks_due
 
     def watch(self, job_id: str) -> None:
         """Called at submission for a job with a webhook."""
         self.redis.zadd(self.watch_key, {job_id: time.time()})
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(item) for item in self.redis.lrange(f"{self.prefix}:webhook:log:{job_id}", 0, -1)]
+        return [json.loads(item) for item in self.redis.lrange(self.names.webhook_log(job_id), 0, -1)]
 
     # Scheduling ---------------------------------------------------------------------------------
     def scan(self, limit: int = 500) -> int:
@@ -93,21 +96,18 @@ class Webhooks:
         ids = self.redis.zrange(self.watch_key, 0, limit - 1)
         if not ids:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(f"{self.prefix}:job:{job_id}", "status", "owner")
         scheduled = 0
-        for job_id, (status, _) in zip(ids, pipe.execute()):
-            if status is None or status in TERMINAL:
+        for job_id, status in zip(ids, self.jobs.statuses(ids)):
+            if status is None or status.terminal:
                 self.redis.zrem(self.watch_key, job_id)
-            if status in TERMINAL:
-                scheduled += self._schedule(job_id, f"job.{status}")
-            elif status == "running" and self.config.on_start:
+            if status is not None and status.terminal:
+                scheduled += self._schedule(job_id, f"job.{status.value}")
+            elif status is Status.RUNNING and self.config.on_start:
                 scheduled += self._schedule(job_id, "job.started")
         return scheduled
 
     def _schedule(self, job_id: str, event: str) -> int:
-        if not self.redis.set(f"{self.prefix}:webhook:sent:{job_id}:{event}", 1, nx=True,
+        if not self.redis.set(self.names.webhook_sent(job_id, event), 1, nx=True,
                               ex=self.config.retention_s):
             return 0
         delivery = json.dumps({"job_id": job_id, "event": event, "attempt": 1})
@@ -130,24 +130,24 @@ class Webhooks:
     def _attempt(self, member: str) -> None:
         delivery = json.loads(member)
         job_id, event, attempt = delivery["job_id"], delivery["event"], delivery["attempt"]
-        raw = self.redis.hgetall(f"{self.prefix}:job:{job_id}")
-        url = json.loads(raw.get("params") or "{}").get("webhook_url") if raw else None
+        job = self.jobs.get(job_id)
+        url = job.params.get("webhook_url") if job else None
         self.redis.zrem(self.due_key, member)
         if not url:
             return
-        outcome = self._post(url, job_id, event, raw)
+        outcome = self._post(url, event, job)
         self._record(job_id, {"event": event, "attempt": attempt, "at": time.time(), **outcome})
         if not outcome["ok"] and attempt < self.config.max_attempts:
             delay = self.config.backoff_s * 2 ** (attempt - 1)
             retry = json.dumps({**delivery, "attempt": attempt + 1})
             self.redis.zadd(self.due_key, {retry: time.time() + delay})
 
-    def _post(self, url: str, job_id: str, event: str, raw: dict[str, str]) -> dict[str, Any]:
-        body = json.dumps({"type": event, "job": self._summary(job_id, raw)}, separators=(",", ":")).encode()
+    def _post(self, url: str, event: str, job: Job) -> dict[str, Any]:
+        body = json.dumps({"type": event, "job": self._summary(job)}, separators=(",", ":")).encode()
         stamp = int(time.time())
-        secret = self.secret_for(raw.get("key_id") or "local")
+        secret = self.secret_for(job.key_id or "local")
         headers = {"Content-Type": "application/json", "Kiln-Event": event, "Kiln-Timestamp": str(stamp),
-                   "Kiln-Delivery": f"{job_id}:{event}", "Kiln-Signature": f"t={stamp},v1={sign(secret, stamp, body)}"}
+                   "Kiln-Delivery": f"{job.id}:{event}", "Kiln-Signature": f"t={stamp},v1={sign(secret, stamp, body)}"}
         policy = safehttp.Policy(timeout_s=self.config.timeout_s, max_bytes=64 * 1024, max_redirects=0,
                                  allow_private=self.config.allow_private)
         started = time.monotonic()
@@ -158,17 +158,14 @@ class Webhooks:
         ok = 200 <= reply.status < 300
         return {"ok": ok, "status_code": reply.status, "duration_s": round(time.monotonic() - started, 3)}
 
-    def _summary(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
-        outputs = json.loads(raw.get("outputs") or "[]")
-        base = self.config.public_url.rstrip("/")
-        return {"id": job_id, "status": raw.get("status"), "model": raw.get("model"),
-                "error": json.loads(raw["error"]) if raw.get("error") else None,
-                "outputs": [{"index": o["index"], "url": f"{base}/v1/jobs/{job_id}/outputs/{o['index']}"}
-                            for o in outputs],
-                "url": f"{base}/v1/jobs/{job_id}"}
+    def _summary(self, job: Job) -> dict[str, Any]:
+        url = f"{self.config.public_url.rstrip('/')}/v1/jobs/{job.id}"
+        return {"id": job.id, "status": job.status.value, "model": job.model, "error": job.error,
+                "outputs": [{"index": o.index, "url": f"{url}/outputs/{o.index}"} for o in job.outputs],
+                "url": url}
 
     def _record(self, job_id: str, attempt: dict[str, Any]) -> None:
-        key = f"{self.prefix}:webhook:log:{job_id}"
+        key = self.names.webhook_log(job_id)
         pipe = self.redis.pipeline()
         pipe.rpush(key, json.dumps(attempt))
         pipe.expire(key, self.config.retention_s)

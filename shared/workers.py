@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from shared.redis_keys import DEFAULT_PREFIX, RedisKeys
+
 
 @dataclass
 class WorkerStatus:
@@ -36,15 +38,15 @@ class WorkerStatus:
 
 
 class WorkerRegistry:
-    def __init__(self, client: redis.Redis, prefix: str = "kiln") -> None:
-        self.redis, self.prefix = client, prefix
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        self.redis, self.names = client, RedisKeys(prefix)
 
     def _key(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}"
+        return self.names.worker(worker_id)
 
     @property
     def _index(self) -> str:
-        return f"{self.prefix}:workers"
+        return self.names.workers
 
     def announce(self, status: WorkerStatus, ttl_s: float) -> None:
         status.heartbeat_at = time.time()

@@ -49,11 +49,11 @@ class LeaseKeeper:
 # KEYS: job hash, lease. ARGV[4] token, ARGV[5] "1" when the attempt is refunded (the job never
 # had a fair run: infrastructure fault). Puts a running job this token holds back to `queued`.
 HAND_BACK = _MOVE + """
-local prefix, id, now = ARGV[1], ARGV[2], ARGV[3]
+local statuses, id, now = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
 redis.call('DEL', KEYS[2])
-move(prefix, id, KEYS[1], 'running', 'queued', now)
+move(statuses, id, KEYS[1], 'running', 'queued', now)
 redis.call('HSET', KEYS[1], 'worker', '', 'progress_step', 0, 'phase', '')
 if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[1], 'attempts', -1)

@@ -25,7 +25,6 @@ from tests.fixtures.s3server import S3Server, _spawn, _stop, _wait_until_ready
 
 MODEL = "kiln-ddpm-tiny"
 CHURN_MODELS = [f"churn-{n}" for n in range(4)]  # the same weights under four names
-TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 class ChaosStack:
@@ -172,12 +171,12 @@ class ChaosStack:
                 jobs = {i: store.get(i) for i in ids}
             except redis.ConnectionError:
                 jobs = {}
-            if jobs and all(j is not None and j.status.value in TERMINAL for j in jobs.values()):
+            if jobs and all(j is not None and j.status.terminal for j in jobs.values()):
                 return {i: j.to_dict() | {"infra_retries": int(store.redis.hget(store.job_key(i), "infra_retries") or 0)}
                         for i, j in jobs.items()}
             if time.monotonic() > deadline:
                 waiting = {i: j.status.value if j else None for i, j in jobs.items()
-                           if j is None or j.status.value not in TERMINAL}
+                           if j is None or not j.status.terminal}
                 raise TimeoutError(f"{len(waiting)} jobs not finished: {list(waiting.items())[:5]}\n{self.tail()}")
             time.sleep(0.3)
 

@@ -24,6 +24,7 @@ import redis
 from kiln_shapes import data
 from kiln_shapes.evaluate import judge
 from shared import localstack
+from shared.jobs.record import Status
 from shared.localstack import Supervisor, free_port
 from shared.settings import REPO_ROOT
 from shared.workers import WorkerRegistry
@@ -71,7 +72,7 @@ def test_make_up_serves_the_example_it_prints(tmp_path):
         assert response.status_code == 202, response.text
         job_url = response.json()["url"]
         deadline = time.monotonic() + 180
-        while (job := requests.get(job_url, timeout=10).json())["status"] not in ("succeeded", "failed", "canceled"):
+        while not Status((job := requests.get(job_url, timeout=10).json())["status"]).terminal:
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
         assert job["status"] == "succeeded", job
