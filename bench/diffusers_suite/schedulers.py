@@ -1,6 +1,9 @@
 """Run diffusers' own scheduler tests on diffusers, then on Kiln's schedulers, and compare.
 
     python -m bench.diffusers_suite.schedulers --suite /tmp/difftests/schedulers [--out DIR] [-k EXPR]
+        [--site DIR]         # extra import path for what diffusers' tests need and Kiln does not (torchsde)
+        [--kiln-root DIR]    # another checkout's `worker/` (e.g. a `git archive` of an earlier commit)
+        [--reuse-reference]  # keep DIR/diffusers.xml from an earlier run (diffusers' side does not change)
 
 `--suite` is a folder holding diffusers' test files as `tests/schedulers/...` plus `tests/testing_utils.py`
 (fetched outside this repository; README.md names the versions). Both runs are the same pytest command
@@ -92,9 +95,11 @@ def pytest_report_header(config):
 # --- runner side ---------------------------------------------------------------------------------
 
 
-def run_pytest(suite: Path, junit: Path, kiln: bool, keyword: str | None) -> None:
+def run_pytest(suite: Path, junit: Path, kiln: bool, args: argparse.Namespace) -> None:
     """One pytest run over the suite's scheduler tests in a child process; junit XML to `junit`."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(suite), str(REPO)]))
+    roots = [args.kiln_root] if kiln and args.kiln_root else []
+    paths = [str(suite), *map(str, roots), str(REPO), *([str(args.site)] if args.site else [])]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
     env[SHIM_ENV] = "1" if kiln else "0"
     ini = suite / "pytest.ini"
     if not ini.exists():
@@ -102,8 +107,8 @@ def run_pytest(suite: Path, junit: Path, kiln: bool, keyword: str | None) -> Non
     cmd = [sys.executable, "-m", "pytest", "tests/schedulers", "-q", "-p", "no:cacheprovider",
            "-p", "bench.diffusers_suite.schedulers", "-c", str(ini), "--rootdir", str(suite),
            f"--junitxml={junit}", "-o", "junit_family=xunit1"]
-    if keyword:
-        cmd += ["-k", keyword]
+    if args.keyword:
+        cmd += ["-k", args.keyword]
     subprocess.run(cmd, cwd=suite, env=env, check=False, stdout=subprocess.DEVNULL)
 
 
@@ -159,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, required=True, help="folder holding tests/schedulers/")
     parser.add_argument("--out", type=Path, default=None, help="folder for the two junit files")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
+    parser.add_argument("--site", type=Path, default=None,
+                        help="extra import path for the tests' own needs (e.g. `pip install --target DIR torchsde`)")
+    parser.add_argument("--kiln-root", type=Path, default=None, help="folder whose worker/ is measured")
+    parser.add_argument("--reuse-reference", action="store_true", help="reuse OUT/diffusers.xml")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="kiln-sched-suite-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for name, kiln in (("diffusers", False), ("kiln", True)):
         junit = out / f"{name}.xml"
-        run_pytest(suite, junit, kiln, args.keyword)
+        if not (name == "diffusers" and args.reuse_reference and junit.exists()):
+            run_pytest(suite, junit, kiln, args)
         runs[name] = outcomes(junit)
     print(report(runs["diffusers"], runs["kiln"]))
     print(f"\njunit files: {out}")

@@ -33,6 +33,14 @@ KARRAS_FAMILY = (
 )
 
 
+class TimestepNotInScheduleError(ValueError, IndexError):
+    """A timestep that is not on the scheduler's grid.
+
+    A `ValueError` (Kiln's input errors) and an `IndexError`, which is what Diffusers' lookup raises
+    there (it indexes an empty match list), so code catching either keeps working.
+    """
+
+
 class SchedulerOutput(OrderedDict):
     """Result of `step`: the sample at the next (less noisy) timestep, and x̂_0 where defined.
 
@@ -224,7 +232,7 @@ class SchedulerMixin(ConfigMixin):
             timestep = timestep.to(schedule.device)
         matches = (schedule == timestep).nonzero()
         if len(matches) == 0:
-            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps")
+            raise TimestepNotInScheduleError(f"timestep {float(timestep)} is not in this scheduler's timesteps")
         return int(matches[1 if len(matches) > 1 else 0].item())
 
     def _init_step_index(self, timestep: float | torch.Tensor) -> None:
