@@ -17,6 +17,7 @@ import torch
 
 from worker.configuration import ConfigMixin
 from worker.models.hub import resolve_model_folder
+from worker.models.layerwise_casting import DEFAULT_SKIP_PATTERNS, apply_layerwise_casting
 from worker.models.weights import (check_state_dict, find_weight_files, parse_shard_size, read_state_dict,
                                    save_state_dict)
 
@@ -38,6 +39,8 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
     # Submodule names (any dotted component of a parameter's name) that stay float32 on load.
     _keep_in_fp32_modules: list[str] | None = None
     _no_split_modules: list[str] | None = None
+    # Module-name patterns that `enable_layerwise_casting` leaves in their dtype (besides the defaults).
+    _skip_layerwise_casting_patterns: list[str] | None = None
 
     @classmethod
     def from_pretrained(
@@ -177,8 +180,31 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
 
     @property
     def dtype(self) -> torch.dtype:
-        """dtype of the first floating parameter (float32 for a model without any)."""
+        """dtype of the first floating parameter (float32 for a model without any); with layerwise
+        casting on, the dtype layers compute in (what inputs should be cast to)."""
+        compute = self.__dict__.get("_layerwise_compute_dtype")
+        if compute is not None:
+            return compute
         return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+
+    def enable_layerwise_casting(self, storage_dtype: torch.dtype = torch.float8_e4m3fn,
+                                 compute_dtype: torch.dtype | None = None,
+                                 skip_modules_pattern: tuple[str, ...] | None = None,
+                                 skip_modules_classes: tuple[type, ...] | None = None,
+                                 non_blocking: bool = False) -> None:
+        """Keep Linear/Conv/Embedding weights in `storage_dtype` and compute each layer in
+        `compute_dtype` (default: the model's dtype now), as Diffusers' method does.
+
+        Layers named by `skip_modules_pattern` (default: norms, positional/patch embeddings,
+        `proj_in`/`proj_out`), by `_keep_in_fp32_modules` or `_skip_layerwise_casting_patterns`
+        keep their dtype. `non_blocking` is accepted; casts are synchronous.
+        """
+        patterns = tuple(skip_modules_pattern or DEFAULT_SKIP_PATTERNS)
+        patterns += tuple(self._keep_in_fp32_modules or ()) + tuple(self._skip_layerwise_casting_patterns or ())
+        compute_dtype = compute_dtype or self.dtype
+        apply_layerwise_casting(self, storage_dtype, compute_dtype, patterns, tuple(skip_modules_classes or ()))
+        self._layerwise_compute_dtype = compute_dtype
+
 
     @property
     def device(self) -> torch.device:
