@@ -4,7 +4,7 @@
     python -m kiln_shapes export --work-dir ... --weights raw   # export a checkpoint as it stands
     python -m kiln_shapes evaluate --model models/kiln-shapes --scheduler dpmpp_2m --steps 20
     python -m kiln_shapes sweep dpmpp_2m:20:100 ddim:20:50 --grid-dir docs/images
-    python -m kiln_shapes tune-vae-decoder [--steps 600 ...]  # the VAE decoder learns every palette colour
+    python -m kiln_shapes tune-vae [--steps 600 ...]  # the VAE learns every palette colour (base latents kept)
     python -m kiln_shapes train-lora [--steps 900 ...]   # train models/kiln-shapes-pink
     python -m kiln_shapes evaluate-lora --adapter models/kiln-shapes-pink --prompts 54
 """
@@ -23,7 +23,15 @@ from kiln_shapes.train import TrainConfig, run
 
 def _add_config_flags(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
     for field in dataclasses.fields(config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        kind = _flag if isinstance(field.default, bool) else type(field.default)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
+
+
+def _flag(text: str) -> bool:
+    """A boolean option's value: true/false, yes/no, 1/0."""
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "yes", "1")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -38,11 +46,11 @@ def _train_lora(args: argparse.Namespace) -> None:
     print(train_lora(LoraConfig(**{k: v for k, v in vars(args).items() if k in names})))
 
 
-def _tune_vae_decoder(args: argparse.Namespace) -> None:
-    from kiln_shapes.vae_decoder import DecoderConfig, reconstruction_scores, tune_decoder
+def _tune_vae(args: argparse.Namespace) -> None:
+    from kiln_shapes.vae_palette import VaeTuneConfig, reconstruction_scores, tune_vae
 
-    names = {f.name for f in dataclasses.fields(DecoderConfig)}
-    folder = tune_decoder(DecoderConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    names = {f.name for f in dataclasses.fields(VaeTuneConfig)}
+    folder = tune_vae(VaeTuneConfig(**{k: v for k, v in vars(args).items() if k in names}))
     for colours in (["pink"], list(data.COLOURS)):
         print(colours, json.dumps(reconstruction_scores(str(folder), colours)))
 
@@ -94,11 +102,11 @@ def main(argv: list[str] | None = None) -> None:
 
     _add_config_flags(train_lora, LoraConfig)
     train_lora.set_defaults(handler=_train_lora)
-    tune_vae = commands.add_parser("tune-vae-decoder", help="teach the VAE decoder every palette colour")
-    from kiln_shapes.vae_decoder import DecoderConfig
+    tune_vae = commands.add_parser("tune-vae", help="teach the VAE every palette colour, base latents anchored")
+    from kiln_shapes.vae_palette import VaeTuneConfig
 
-    _add_config_flags(tune_vae, DecoderConfig)
-    tune_vae.set_defaults(handler=_tune_vae_decoder)
+    _add_config_flags(tune_vae, VaeTuneConfig)
+    tune_vae.set_defaults(handler=_tune_vae)
     evaluate_lora = commands.add_parser("evaluate-lora", help="held-out pink prompts with and without the adapter")
     evaluate_lora.add_argument("--model", default="models/kiln-shapes")
     evaluate_lora.add_argument("--adapter", default="models/kiln-shapes-pink")

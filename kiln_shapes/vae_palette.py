@@ -1,10 +1,12 @@
-"""Teach the kiln-shapes VAE's decoder every palette colour, the encoder left as it is.
+"""Teach the kiln-shapes VAE every palette colour without moving the latents its models learnt.
 
-The bundled VAE was trained on the six base colours only; it decodes a drawn pink shape as orange
-or red, so no adapter of the UNet can make the model draw pink. Fine-tuning only the decoder
-(`post_quant_conv` + `decoder`) on scenes of every palette colour fixes that without moving the
-latent space: the encoder is frozen, so every latent a model was trained on keeps its meaning and
-the UNets built on this VAE need no retraining.
+The bundled VAE was trained on the six base colours only: it decodes a drawn pink shape as orange
+or red, and on a black background its encoder gives pink the latent of orange, so no adapter of the
+UNet can make the model draw pink. This fine-tune trains the decoder (and, with `train_encoder`,
+the encoder) on scenes of every palette colour, while an anchor loss keeps the encoder's posterior
+(mean and std) of every base-colour scene where the original encoder put it: the latents the
+bundled UNet and FLUX models were trained on keep their meaning, so those models need no
+retraining, and only the new colours get latents of their own.
 
 Held-out combinations (`data.split_combinations` for the base colours, `lora_train.colour_split`
 for adapter colours) are kept out of these images too.
@@ -27,11 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DecoderConfig:
-    """Defaults: the recipe of the decoder shipped in models/kiln-shapes/vae (docs/kiln-shapes.md)."""
+class VaeTuneConfig:
+    """Defaults: the recipe of the VAE shipped in models/kiln-shapes/vae (docs/kiln-shapes.md)."""
 
     model: str = "models/kiln-shapes"  # a Diffusers-layout folder whose `vae` is tuned
-    out_dir: str = "/tmp/kiln-shapes-vae-decoder/vae"
+    anchor_model: str = ""  # whose encoder the base-colour latents stay near (default: `model`)
+    out_dir: str = "/tmp/kiln-shapes-vae/vae"
+    train_encoder: bool = True
+    anchor_weight: float = 10.0
     seed: int = 0
     n_images: int = 4000
     steps: int = 600
@@ -53,36 +58,49 @@ def palette_combinations() -> list[tuple]:
     return [c for c in combos if c not in held]
 
 
-def decoder_loss(vae: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, object_weight: float) -> torch.Tensor:
-    """Object-weighted L1 + MSE of decoding a posterior sample of the frozen encoder."""
-    with torch.no_grad():
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+def palette_loss(vae: torch.nn.Module, anchor: torch.nn.Module, x: torch.Tensor, base: torch.Tensor,
+                 gen: torch.Generator, cfg: VaeTuneConfig) -> torch.Tensor:
+    """Object-weighted L1 + MSE of decoding a posterior sample, plus `anchor_weight` times the
+    squared distance of the base-colour rows' (`base`, (B,) bool) posterior mean and std from the
+    anchor encoder's."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
     recon = vae.decode(z).sample
-    weight = 1.0 + object_weight * object_pixels(x)
+    weight = 1.0 + cfg.object_weight * object_pixels(x)
     error = (recon - x).abs() + (recon - x).pow(2)
-    return (weight * error).mean() / weight.mean()
+    loss = (weight * error).mean() / weight.mean()
+    if cfg.train_encoder and base.any():
+        with torch.no_grad():
+            target = anchor.encode(x[base]).latent_dist
+        drift = (posterior.mean[base] - target.mean).pow(2) + (posterior.std[base] - target.std).pow(2)
+        loss = loss + cfg.anchor_weight * drift.mean()
+    return loss
 
 
-def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The trainable part: everything after the latent (post_quant_conv, when the VAE has one, and decoder)."""
-    parts = [vae.decoder] + ([vae.post_quant_conv] if getattr(vae, "post_quant_conv", None) is not None else [])
-    return [p for part in parts for p in part.parameters()]
+def trainable_parameters(vae: torch.nn.Module, train_encoder: bool) -> list[torch.nn.Parameter]:
+    """The decoder side (post_quant_conv, when the VAE has one, and decoder), and the encoder side too."""
+    parts = [vae.decoder, getattr(vae, "post_quant_conv", None)]
+    if train_encoder:
+        parts += [vae.encoder, getattr(vae, "quant_conv", None)]
+    return [p for part in parts if part is not None for p in part.parameters()]
 
 
-def tune_decoder(cfg: DecoderConfig) -> Path:
-    """Fine-tune the decoder and save the VAE (fp16, same config) in `cfg.out_dir`; its folder."""
+def tune_vae(cfg: VaeTuneConfig) -> Path:
+    """Fine-tune the VAE and save it (fp16, same config) in `cfg.out_dir`; its folder."""
     from worker.models import AutoencoderKL
 
     torch.set_num_threads(cfg.threads)
     vae = AutoencoderKL.from_pretrained(cfg.model, subfolder="vae", torch_dtype=torch.float32)
+    anchor = AutoencoderKL.from_pretrained(cfg.anchor_model or cfg.model, subfolder="vae", torch_dtype=torch.float32)
+    anchor.requires_grad_(False).eval()
     vae.requires_grad_(False)
-    params = decoder_parameters(vae)
+    params = trainable_parameters(vae, cfg.train_encoder)
     for p in params:
         p.requires_grad_(True)
     scenes = data.sample_scenes(cfg.n_images, seed=cfg.seed, combinations=palette_combinations())
     images = torch.from_numpy(data.to_tensor_range(data.draw_batch(scenes)))
-    logger.info("decoder fine-tune on %d images; config %s", len(images), asdict(cfg))
+    base = torch.tensor([s.colour in data.COLOURS for s in scenes])
+    logger.info("VAE palette fine-tune on %d images; config %s", len(images), asdict(cfg))
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     vae.train()
     started = time.monotonic()
@@ -90,13 +108,13 @@ def tune_decoder(cfg: DecoderConfig) -> Path:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7 * 100_003 + step)
         idx = torch.randint(0, len(images), (cfg.batch,), generator=gen)
         set_lr(optimiser, lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
-        loss = decoder_loss(vae, images[idx], gen, cfg.object_weight)
+        loss = palette_loss(vae, anchor, images[idx], base[idx], gen, cfg)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         if (step + 1) % 20 == 0:
-            logger.info("decoder step %d/%d loss %.5f (%.2f s/step)", step + 1, cfg.steps, loss.item(),
+            logger.info("vae step %d/%d loss %.5f (%.2f s/step)", step + 1, cfg.steps, loss.item(),
                         (time.monotonic() - started) / (step + 1))
     vae.eval()
     vae.half().save_pretrained(cfg.out_dir)
