@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     served = DiffusionPipeline.from_pretrained(MODEL)
     alone = DiffusionPipeline.from_pretrained(MODEL)

@@ -197,7 +197,7 @@ def evaluate_model(model: str, scheduler: str = "dpmpp_2m", steps: int = 20, n_p
     """Accuracy of a kiln-shapes model on held-out prompts with one scheduler and step count
     (`pipe_kwargs`: extra pipeline arguments, as in `generate`)."""
     from worker.pipelines import DiffusionPipeline
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     pipe = pipe or DiffusionPipeline.from_pretrained(model)
     pipe.scheduler = build_scheduler(scheduler, pipe.scheduler)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from worker.batching import BatchedDecoder, BatchedModule, BatchedTransformer, Session, StepBatcher
 from worker.lora.serving import job_loras
-from worker.schedulers import build_scheduler
+from worker.job_scheduler import build_scheduler
 
 # Called after every denoising step with (step, total); may raise to stop the job.
 StepHook = Callable[[int, int], None]

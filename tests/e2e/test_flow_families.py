@@ -40,7 +40,7 @@ def flow_stack(stack_env, tmp_path, folders):
 def direct(folder, cls_name: str, **kwargs) -> np.ndarray:
     """Kiln's pipeline called in this process, as the worker would (flow_euler, CPU generator)."""
     import worker.pipelines
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     loaded = worker.pipelines.DiffusionPipeline.from_pretrained(folder)
     pipe = getattr(worker.pipelines, cls_name)(

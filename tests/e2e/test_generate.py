@@ -25,7 +25,7 @@ MODEL = "kiln-ddpm-tiny"
 def direct_images(models_dir, seed: int, steps: int, n: int, scheduler: str = "ddim") -> list[np.ndarray]:
     """What the pipeline gives when called directly, in this process, with the same seed."""
     from worker.pipelines import DiffusionPipeline
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     pipe = DiffusionPipeline.from_pretrained(models_dir / MODEL)
     pipe = type(pipe)(**{**pipe.components, "scheduler": build_scheduler(scheduler, pipe.scheduler.config)})

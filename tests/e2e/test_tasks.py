@@ -45,7 +45,7 @@ def png_b64(image: Image.Image) -> str:
 
 def direct(sd_folder, cls_name: str, scheduler: str, **kwargs) -> np.ndarray:
     import worker.pipelines
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     loaded = worker.pipelines.DiffusionPipeline.from_pretrained(sd_folder)
     cls = getattr(worker.pipelines, cls_name)

@@ -144,7 +144,7 @@ def test_flux_jobs_with_different_adapters_share_calls(flux_folder):
     from worker.execute import load_model, run_params
     from worker.lora.files import write_lora
     from worker.pipelines import DiffusionPipeline
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     served = DiffusionPipeline.from_pretrained(flux_folder)
     folder = flux_folder.parent / "flux-loras"

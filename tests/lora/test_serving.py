@@ -144,7 +144,7 @@ def run_alone(pipe, catalog, params):
     for name in names:
         pipe.load_lora_weights(catalog.get_lora(name).source, adapter_name=name)
     pipe.set_adapters(names, [lora["scale"] for lora in params.get("loras", [])])
-    from worker.schedulers import build_scheduler
+    from worker.job_scheduler import build_scheduler
 
     pipe.scheduler = build_scheduler(params["scheduler"], pipe.scheduler)
     return pipe(params["prompt"], height=params["height"], width=params["width"], num_inference_steps=params["steps"],

@@ -11,9 +11,9 @@ import torch
 
 from tests.pipelines.hubcache import populate_cache
 from tests.pipelines.tiny import seeded
-from worker import hub
-from worker.hub import PipelineFilesError, plan_files
 from worker.pipelines import DDPMPipeline, DiffusionPipeline
+from worker.runtime import hub
+from worker.runtime.hub import MissingFilesError, plan_files
 
 SD_FILES = [
     "model_index.json",
@@ -50,7 +50,7 @@ def test_plan_prefers_safetensors_and_skips_other_formats():
 
 
 def test_plan_variant_with_fallback_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="worker.hub"):
+    with caplog.at_level(logging.WARNING, logger="worker.runtime.hub"):
         plan = plan_files(SD_FILES, COMPONENTS, variant="fp16")
     assert plan.components["unet"].variant == "fp16"
     assert plan.components["unet"].weights == ("unet/diffusion_pytorch_model.fp16.safetensors",)
@@ -64,19 +64,19 @@ def test_plan_variant_with_fallback_warning(caplog):
 
 
 def test_plan_errors_name_what_is_missing():
-    with pytest.raises(PipelineFilesError, match="no component has weights of variant 'bf16'"):
+    with pytest.raises(MissingFilesError, match="no component has weights of variant 'bf16'"):
         plan_files(SD_FILES, COMPONENTS, variant="bf16")
-    with pytest.raises(PipelineFilesError, match="component 'unet' has no weights"):
+    with pytest.raises(MissingFilesError, match="component 'unet' has no weights"):
         plan_files(["model_index.json", "unet/config.json"], {"unet": True})
     only_fp16 = ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"]
-    with pytest.raises(PipelineFilesError, match=r"has variants \['fp16'\]: pass variant"):
+    with pytest.raises(MissingFilesError, match=r"has variants \['fp16'\]: pass variant"):
         plan_files(only_fp16, {"unet": True})
-    with pytest.raises(PipelineFilesError, match="'safety_checker'/ is missing"):
+    with pytest.raises(MissingFilesError, match="'safety_checker'/ is missing"):
         plan_files(SD_FILES, {"safety_checker": True})
 
 
 def test_not_a_folder_nor_a_repo_id():
-    with pytest.raises(PipelineFilesError, match="neither an existing folder nor a Hub repo id"):
+    with pytest.raises(MissingFilesError, match="neither an existing folder nor a Hub repo id"):
         DiffusionPipeline.from_pretrained("/no/such/folder")
 
 
@@ -92,15 +92,15 @@ def test_loads_from_the_cache_offline(hub_cache, ddpm_saved):
 
 def test_offline_cache_miss_is_a_clear_error(hub_cache, ddpm_saved):
     populate_cache(hub_cache, "kiln-test/tiny-ddpm", ddpm_saved[1])
-    with pytest.raises(PipelineFilesError, match="HF_HUB_OFFLINE"):
+    with pytest.raises(MissingFilesError, match="HF_HUB_OFFLINE"):
         DiffusionPipeline.from_pretrained("kiln-test/tiny-ddpm", revision="v2")
-    with pytest.raises(PipelineFilesError, match="not in the Hugging Face cache"):
+    with pytest.raises(MissingFilesError, match="not in the Hugging Face cache"):
         DiffusionPipeline.from_pretrained("kiln-test/other")
 
 
 def test_incomplete_snapshot_names_the_missing_component(hub_cache, ddpm_saved):
     populate_cache(hub_cache, "kiln-test/broken", ddpm_saved[1], skip=("unet/diffusion_pytorch_model",))
-    with pytest.raises(PipelineFilesError, match="component 'unet' has no weights"):
+    with pytest.raises(MissingFilesError, match="component 'unet' has no weights"):
         DiffusionPipeline.from_pretrained("kiln-test/broken")
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tests.pipelines.tiny import MAX_PIXEL_DIFF, max_diff, seeded
-from worker.hub import PipelineFilesError
 from worker.pipelines import DDPMPipeline, DiffusionPipeline, StableDiffusionPipeline
 from worker.pipelines.components import UnsupportedComponentError
-from worker.pipelines.registry import UnsupportedPipelineError
+from worker.pipelines.pipeline_utils import UnsupportedPipelineError
+from worker.runtime.hub import MissingFilesError
 
 
 def edit_index(folder, **changes):
@@ -41,7 +41,7 @@ def test_unknown_component_class_lists_supported(ddpm_copy):
 
 
 def test_missing_model_index(tmp_path):
-    with pytest.raises(PipelineFilesError, match="no model_index.json"):
+    with pytest.raises(MissingFilesError, match="no model_index.json"):
         DiffusionPipeline.from_pretrained(tmp_path)
 
 

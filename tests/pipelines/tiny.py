@@ -20,19 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kiln_shapes.tokenizer import byte_symbols
+
 MAX_PIXEL_DIFF = 2e-3  # parity bound on images in [0, 1]
 WORDS = ("a", "cat", "dog", "red", "blue", "photo", "of", "the", "painting", "ugly", "blurry")
-
-
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2 / CLIP convention)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
 
 
 def _word_merges(word: str) -> list[tuple[str, str]]:
@@ -49,7 +40,7 @@ def tiny_tokenizer(model_max_length: int = 77):
     """An offline `CLIPTokenizer` (bos 0, eos/pad 1) with ~530 tokens."""
     from transformers import CLIPTokenizer
 
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     vocab: dict[str, int] = {}
     for token in ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]:
         vocab.setdefault(token, len(vocab))

@@ -9,7 +9,8 @@ import torch
 from scheduler_harness import relative_error, sample_loop
 from shared.schedulers import SCHEDULERS, flow_config_for, scheduler_kind, scheduler_names
 from worker import schedulers as kiln
-from worker.schedulers import SCHEDULER_CLASSES, build_scheduler, scheduler_class
+from worker.job_scheduler import build_scheduler
+from worker.schedulers import SCHEDULER_CLASSES, scheduler_class
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 from worker.models.distributions import DiagonalGaussianDistribution
 from worker.models.modeling import ModelMixin
 from worker.models.outputs import AutoencoderKLOutput, DecoderOutput

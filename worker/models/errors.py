@@ -1,15 +1,14 @@
 """Errors raised while building or loading a model.
 
-Both are `shared.errors.ModelLoadError`s, so a worker records them on the job as data (code +
-message); they are also `ValueError`s for callers that use the runtime on its own.
+They are `ValueError`s of the runtime's own: the serving worker turns any failure to load a model
+into its job error (`shared.errors.ModelLoadError`, code + message), so the runtime needs no
+serving base class.
 """
 
 from __future__ import annotations
 
-from shared.errors import ModelLoadError as _SharedModelLoadError
 
-
-class ModelLoadError(_SharedModelLoadError, ValueError):
+class ModelLoadError(ValueError):
     """A checkpoint cannot be loaded into a model: files missing, unreadable or mismatched.
 
     The message names the folder or file and the offending keys, so an operator can tell a
@@ -17,7 +16,5 @@ class ModelLoadError(_SharedModelLoadError, ValueError):
     """
 
 
-class ModelConfigError(_SharedModelLoadError, ValueError):
+class ModelConfigError(ValueError):
     """A model config asks for something this runtime does not build (unknown block type, ...)."""
-
-    code = "model_config_invalid"

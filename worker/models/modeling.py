@@ -15,11 +15,12 @@ from typing import Any, Mapping, TypeVar
 
 import torch
 
-from worker.configuration import ConfigMixin
-from worker.models.hub import resolve_model_folder
+from worker.models.errors import ModelLoadError
 from worker.models.layerwise_casting import DEFAULT_SKIP_PATTERNS, apply_layerwise_casting
 from worker.models.weights import (check_state_dict, find_weight_files, parse_shard_size, read_state_dict,
                                    save_state_dict)
+from worker.runtime.configuration import ConfigMixin
+from worker.runtime.hub import MissingFilesError, resolve_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
             ModelLoadError: the weights do not fit the model.
         """
         overrides = _config_overrides(cls, kwargs)
-        folder = resolve_model_folder(path_or_repo, subfolder=subfolder, revision=revision)
+        try:
+            folder = resolve_model_folder(path_or_repo, subfolder=subfolder, revision=revision, variant=variant)
+        except MissingFilesError as exc:
+            raise ModelLoadError(str(exc)) from exc
         config = {**cls.load_config(folder), **overrides}
         with torch.device("meta"):
             model = cls.from_config(config)

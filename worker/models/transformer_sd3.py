@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 from worker.lora.mixin import scaled_by
 from worker.models.mmdit_blocks import JointTransformerBlock, run_block
 from worker.models.modeling import ModelMixin

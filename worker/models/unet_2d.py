@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 from worker.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, timesteps_for_batch
 from worker.models.errors import ModelConfigError
 from worker.models.modeling import ModelMixin

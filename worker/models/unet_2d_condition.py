@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 from worker.lora.mixin import scaled_by
 from worker.models.activations import get_activation
 from worker.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, timesteps_for_batch

@@ -25,9 +25,9 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
-from worker.hub import PipelineFiles
-from worker.pipelines.pipeline_utils import DiffusionPipeline
+from worker.runtime.hub import PipelineFiles
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ ALLOW_ENV = "KILN_ALLOW_REMOTE_CODE"
 ALLOWLIST_ENV = "KILN_REMOTE_CODE_ALLOWLIST"
 COMMUNITY_ENV = "KILN_COMMUNITY_PIPELINES"
 PIPELINE_FILE = "pipeline.py"
+
+# The pipeline base class, passed in by `DiffusionPipeline` itself: this module is imported by
+# the base's loader, so it takes the base as an argument instead of importing it back.
+P = TypeVar("P", bound=type)
 
 
 class CustomPipelineError(ValueError):
@@ -78,26 +82,27 @@ def pipeline_files_patterns(custom_pipeline: str | os.PathLike[str] | None) -> t
 def load_custom_pipeline(
     custom_pipeline: str | os.PathLike[str],
     files: PipelineFiles,
+    base: P,
     revision: str | None = None,
     token: str | bool | None = None,
-) -> type[DiffusionPipeline]:
-    """Resolve `custom_pipeline` to a file (checking remote-code permission) and load its class."""
+) -> P:
+    """Resolve `custom_pipeline` to a file (checking remote-code permission) and load its `base` subclass."""
     value = str(custom_pipeline)
     local = Path(value).expanduser()
     if local.is_file():
-        return pipeline_class_in(local)
+        return pipeline_class_in(local, base)
     if local.is_dir():
-        return pipeline_class_in(_require_file(local / PIPELINE_FILE))
+        return pipeline_class_in(_require_file(local / PIPELINE_FILE), base)
     beside_model = files.folder / f"{value}.py"
     if beside_model.is_file():
         if files.repo_id is not None:
             _require_allowed(files.repo_id, f"custom pipeline {beside_model.name}")
-        return pipeline_class_in(beside_model)
+        return pipeline_class_in(beside_model, base)
     community = community_folder() / f"{value}.py"
     if "/" not in value and community.is_file():
-        return pipeline_class_in(community)
+        return pipeline_class_in(community, base)
     if _is_repo_id(value):
-        return pipeline_class_in(_download_pipeline_file(value, PIPELINE_FILE, revision, token))
+        return pipeline_class_in(_download_pipeline_file(value, PIPELINE_FILE, revision, token), base)
     raise CustomPipelineError(
         f"custom_pipeline {value!r} is not a .py file, a folder with {PIPELINE_FILE}, a file "
         f"{value}.py in the model folder or in {community_folder()}, or a Hub repo id"
@@ -111,8 +116,9 @@ def community_folder() -> Path:
 
 
 def repo_pipeline_class(
-    files: PipelineFiles, class_name: list[str], revision: str | None = None, token: str | bool | None = None
-) -> type[DiffusionPipeline]:
+    files: PipelineFiles, class_name: list[str], base: P, revision: str | None = None,
+    token: str | bool | None = None,
+) -> P:
     """Load `_class_name: [module_file, ClassName]`: a pipeline class shipped inside the model repo."""
     module_file, name = class_name
     filename = module_file if module_file.endswith(".py") else f"{module_file}.py"
@@ -123,8 +129,8 @@ def repo_pipeline_class(
             path = _download_pipeline_file(files.repo_id, filename, revision, token, checked=True)
     module = _import_file(_require_file(path))
     cls = getattr(module, name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, DiffusionPipeline)):
-        raise CustomPipelineError(f"{path} does not define a DiffusionPipeline subclass named {name!r}")
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise CustomPipelineError(f"{path} does not define a {base.__name__} subclass named {name!r}")
     return cls
 
 
@@ -166,18 +172,18 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def pipeline_class_in(path: Path) -> type[DiffusionPipeline]:
-    """The one `DiffusionPipeline` subclass defined (not merely imported) in the file at `path`."""
+def pipeline_class_in(path: Path, base: P) -> P:
+    """The one `base` subclass defined (not merely imported) in the file at `path`."""
     module = _import_file(path)
     found = [
         obj
         for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, DiffusionPipeline) and obj.__module__ == module.__name__
+        if inspect.isclass(obj) and issubclass(obj, base) and obj.__module__ == module.__name__
     ]
     if len(found) != 1:
         names = [c.__name__ for c in found]
         raise CustomPipelineError(
-            f"{path} must define exactly one DiffusionPipeline subclass; it defines {len(found)} {names}"
+            f"{path} must define exactly one {base.__name__} subclass; it defines {len(found)} {names}"
         )
     logger.info("using custom pipeline %s from %s", found[0].__name__, path)
     return found[0]

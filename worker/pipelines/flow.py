@@ -97,8 +97,7 @@ def new_flow_scheduler(pipe_scheduler: Any, num_inference_steps: int | None, dev
         scheduler.set_timesteps(sigmas=sigmas, **kwargs)
     else:
         scheduler.set_timesteps(num_inference_steps, **kwargs)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)
+    scheduler.set_begin_index(0)
     return scheduler
 
 
@@ -112,8 +111,7 @@ def flow_strength_timesteps(scheduler: Any, num_inference_steps: int, strength: 
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
     skipped = int(max(num_inference_steps - min(num_inference_steps * strength, num_inference_steps), 0))
     start = skipped * scheduler.order
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
+    scheduler.set_begin_index(start)
     timesteps = scheduler.timesteps[start:]
     if num_inference_steps - skipped < 1 or len(timesteps) == 0:
         raise ValueError(

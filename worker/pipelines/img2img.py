@@ -26,8 +26,7 @@ def strength_timesteps(scheduler: Any, num_inference_steps: int, strength: float
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
     kept = min(int(num_inference_steps * strength), num_inference_steps)
     start = max(num_inference_steps - kept, 0) * scheduler.order
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
+    scheduler.set_begin_index(start)
     timesteps = scheduler.timesteps[start:]
     if len(timesteps) == 0:
         raise ValueError(

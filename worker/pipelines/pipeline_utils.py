@@ -18,15 +18,21 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from worker.configuration import FrozenConfig
-from worker.hub import MODEL_INDEX, PipelineFiles, fetch_pipeline_files
 from worker.models.modeling import ModelMixin
 from worker.pipelines import components as registry
+from worker.pipelines.custom import load_custom_pipeline, pipeline_files_patterns, repo_pipeline_class
+from worker.runtime.configuration import FrozenConfig
+from worker.runtime.hub import MODEL_INDEX, PipelineFiles, fetch_pipeline_files
+from worker.runtime.subclasses import subclasses_in
 
 logger = logging.getLogger(__name__)
 
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 DtypeSpec = torch.dtype | str | Mapping[str, torch.dtype | str] | None
+
+
+class UnsupportedPipelineError(ValueError):
+    """`model_index.json` names a pipeline class Kiln does not implement."""
 
 
 class DiffusionPipeline:
@@ -182,8 +188,6 @@ class DiffusionPipeline:
             An instance of the class named in `model_index.json` (or of `cls` when called on
             a concrete pipeline class, or of the custom pipeline).
         """
-        from worker.pipelines.custom import pipeline_files_patterns
-
         files = fetch_pipeline_files(
             repo_id_or_path,
             lambda index: _components_to_fetch(index, kwargs),
@@ -200,16 +204,13 @@ class DiffusionPipeline:
 
     @classmethod
     def _pipeline_class(cls, files: PipelineFiles, custom_pipeline, revision, token) -> type[DiffusionPipeline]:
-        from worker.pipelines.custom import load_custom_pipeline, repo_pipeline_class
-        from worker.pipelines.registry import pipeline_class
-
         if custom_pipeline is not None:
-            return load_custom_pipeline(custom_pipeline, files, revision=revision, token=token)
+            return load_custom_pipeline(custom_pipeline, files, DiffusionPipeline, revision=revision, token=token)
         if cls is not DiffusionPipeline:
             return cls
         class_name = files.model_index["_class_name"]
         if isinstance(class_name, list):
-            return repo_pipeline_class(files, class_name, revision=revision, token=token)
+            return repo_pipeline_class(files, class_name, DiffusionPipeline, revision=revision, token=token)
         return pipeline_class(class_name)
 
     @classmethod
@@ -268,6 +269,19 @@ class DiffusionPipeline:
         index.update({k: v for k, v in self.config.items() if not k.startswith("_")})
         (folder / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return folder
+
+
+def pipeline_class(name: str) -> type[DiffusionPipeline]:
+    """Kiln's pipeline class for a `_class_name` (a Diffusers class name), or an error that lists
+    what Kiln supports. Read from `DiffusionPipeline`'s subclasses in `worker.pipelines` (see
+    `worker.runtime.subclasses`): this module cannot import the pipelines, which import it."""
+    classes = subclasses_in(DiffusionPipeline, "worker.pipelines")
+    if name not in classes:
+        raise UnsupportedPipelineError(
+            f"pipeline class {name!r} is not supported by Kiln; supported: {sorted(classes)} "
+            "(or pass custom_pipeline=...)"
+        )
+    return classes[name]
 
 
 def _component_entries(index: Mapping[str, Any]) -> dict[str, tuple[str | None, str | None]]:

@@ -258,8 +258,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         cond = self.add_time_ids(cond, original_size or (height, width), crops_coords_top_left,
                                  target_size or (height, width), negative)
         scheduler = self.new_scheduler(num_inference_steps, timesteps, sigmas)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
+        scheduler.set_begin_index(0)
         latents = self.prepare_latents(scheduler, cond.batch_size, height, width, generator, latents,
                                        cond.prompt_embeds.dtype)
         sampling = Sampling(guidance_scale, guidance_rescale, generator, eta, callback_on_step_end,

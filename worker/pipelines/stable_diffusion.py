@@ -1,5 +1,5 @@
 """Stable Diffusion text-to-image (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
-Diffusion Models"), written as stages the worker's step batcher can drive directly:
+Diffusion Models"), written as short stages that `__call__` runs in order:
 
     encode_prompt -> Conditioning        (text states, per sample)
     new_scheduler -> fresh scheduler     (one per job; the pipeline's own is never stepped)
@@ -9,6 +9,9 @@ Diffusion Models"), written as stages the worker's step batcher can drive direct
     decode_latents -> images in [-1, 1] -> images.postprocess
 
 No stage stores per-call state on the pipeline, so one loaded pipeline serves concurrent jobs.
+The serving worker runs each job's whole `__call__` in the job's own thread, over a view of the
+pipeline whose UNet is a stand-in (`worker.batching.BatchedModule`): the step batcher never
+drives these stages, it only gathers the `denoise_step` model calls of concurrent jobs into one.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
-from .registry import SCHEDULER_CLASSES, build_scheduler, scheduler_class
+from .registry import SCHEDULER_CLASSES, scheduler_class
 
 __all__ = [
     "DDIMScheduler",
@@ -34,7 +34,6 @@ __all__ = [
     "SchedulerMixin",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
-    "build_scheduler",
     "randn_tensor",
     "scheduler_class",
 ]

@@ -17,7 +17,8 @@ from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 
-from worker.configuration import DEFAULTED_KEY, ConfigMixin, FrozenConfig
+from worker.runtime.configuration import DEFAULTED_KEY, ConfigMixin, FrozenConfig
+from worker.runtime.subclasses import subclasses_in
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ def _own_keys(cls: type) -> frozenset[str]:
     return frozenset(cls._init_parameters())
 
 
+def kiln_schedulers() -> dict[str, type[SchedulerMixin]]:
+    """Kiln's scheduler classes by name (and their shared bases), read from the subclasses of
+    `SchedulerMixin`: the base cannot import `registry`, which imports every scheduler."""
+    return subclasses_in(SchedulerMixin, "worker.schedulers")
+
+
 class SchedulerMixin(ConfigMixin):
     """Base of all schedulers: config file, compatibles, cloning and step-index bookkeeping."""
 
@@ -130,13 +137,11 @@ class SchedulerMixin(ConfigMixin):
         sees the model's value instead of its own default. Keys known to a compatible class are
         carried silently; only keys no scheduler knows are warned about.
         """
-        from .registry import SCHEDULER_CLASSES  # the registry imports every scheduler module
-
         source = getattr(config, "_internal_config", config)
         raw = dict(source or {})
         defaulted = set(raw.get(DEFAULTED_KEY) or []) | set(getattr(source, "defaulted", ()))
         known = cls._init_parameters()
-        sibling_keys = set().union(*(_own_keys(c) for c in SCHEDULER_CLASSES.values()))
+        sibling_keys = set().union(*(_own_keys(c) for c in kiln_schedulers().values()))
         carried = {k: v for k, v in raw.items() if not k.startswith("_") and k not in known and k not in defaulted}
         quiet = {k: v for k, v in raw.items() if not (k in carried and k in sibling_keys)}
         if isinstance(source, FrozenConfig):  # keep the swap-rule bookkeeping of the source
@@ -159,10 +164,9 @@ class SchedulerMixin(ConfigMixin):
     @property
     def compatibles(self) -> list[type[SchedulerMixin]]:
         """Classes this scheduler's config can be swapped to with `from_config` (those Kiln has)."""
-        from .registry import SCHEDULER_CLASSES
-
+        classes = kiln_schedulers()
         names = sorted({type(self).__name__, *self._compatibles})
-        return [SCHEDULER_CLASSES[name] for name in names if name in SCHEDULER_CLASSES]
+        return [classes[name] for name in names if name in classes]
 
     def register_to_config(self, **kwargs: Any) -> None:
         """Add or replace config keys after construction (Diffusers' API; the config stays frozen)."""

@@ -12,7 +12,7 @@ from .base import KARRAS_FAMILY, Generator, randn_tensor
 from .prediction import denoise_vp, limit_x0
 from .schedules import check_num_steps, timestep_grid
 from .vp import VPScheduleMixin
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 
 logger = logging.getLogger(__name__)
 

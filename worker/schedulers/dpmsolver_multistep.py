@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator, randn_tensor
 from .dpm_solver import ALGORITHMS, DATA_PREDICTION, SOLVER_TYPES, dpm_update, multistep_differences

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 
 from .base import Generator
 from .flow_match import FlowMatchSchedulerMixin, check_float_timestep

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator
 from .prediction import denoise_ve, limit_x0

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 
 from .ddpm import DDPMScheduler
 from .base import Generator, randn_tensor

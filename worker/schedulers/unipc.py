@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from worker.configuration import register_to_config
+from worker.runtime.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator
 from .dpm_solver import Point
