@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from shared.metrics import observe_step
-from worker.lora.serving import routed
+from worker.lora_serving import routed
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class Session:
         self.batcher = batcher
         self._joined = False
         self._left = False
-        self.adapters: tuple[tuple[str, float], ...] = ()  # set by `worker.lora.serving.job_loras`
+        self.adapters: tuple[tuple[str, float], ...] = ()  # set by `worker.lora_serving.job_loras`
 
     def request(self, request: StepRequest) -> torch.Tensor:
         request.adapters = self.adapters

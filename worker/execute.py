@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from worker.batching import BatchedDecoder, BatchedModule, BatchedTransformer, Session, StepBatcher
-from worker.lora.serving import job_loras
+from worker.lora_serving import job_loras
 from worker.job_scheduler import build_scheduler
 
 # Called after every denoising step with (step, total); may raise to stop the job.

@@ -92,7 +92,7 @@ def test_get_loras(redis_url, tmp_path, sd_folder):
 
 
 def test_adapter_lru_within_budget(served, sd_folder):
-    from worker.lora.serving import AdapterCache
+    from worker.lora_serving import AdapterCache
     from worker.pipelines import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(sd_folder)
@@ -153,7 +153,7 @@ def run_alone(pipe, catalog, params):
 
 def test_a_bad_adapter_file_fails_the_job_and_pins_nothing(served, sd_folder, tmp_path):
     from shared.errors import ModelLoadError
-    from worker.lora.serving import AdapterCache
+    from worker.lora_serving import AdapterCache
     from worker.pipelines import DiffusionPipeline
 
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
