@@ -146,6 +146,17 @@ def judge(image: np.ndarray, palette: dict[str, tuple[int, int, int]] | None = N
     return Verdict(colour, shape, position_of(mask), size, background_name, fill, taper)
 
 
+def colour_error(image: np.ndarray, colour: str) -> float:
+    """CIE76 ΔE between the object's median colour and the palette colour `colour` (inf without an
+    object). Nearest-colour naming alone calls a crimson or magenta blob "pink" when pink is merely
+    the closest of the seven; this says how close it is."""
+    mask = object_mask(image, border_median(image))
+    if mask.sum() < 4:
+        return float("inf")
+    drawn = np.median(srgb_to_lab(image[mask]), axis=0)
+    return float(np.linalg.norm(drawn - srgb_to_lab(np.array(data.PALETTE[colour]))))
+
+
 # ---------------------------------------------------------------------------------------- models
 FIELDS = ("colour", "shape", "position", "size", "background")
 

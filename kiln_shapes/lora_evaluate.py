@@ -1,7 +1,9 @@
 """Evaluation of a colour adapter: held-out new-colour prompts with and without it, ordinary prompts with it.
 
 Colours are judged against `data.PALETTE` (base colours plus the adapter colours), so an image
-counts as pink only when pink is its nearest palette colour.
+counts as pink only when pink is its nearest palette colour; `colour ΔE ≤ 20` further asks that the
+object's median colour lie within CIE76 ΔE 20 of the asked one (a crimson or magenta blob may have
+pink as its nearest palette colour without being pink).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import logging
 from typing import Any
 
 from kiln_shapes import data
-from kiln_shapes.evaluate import generate, save_grid, score
+import numpy as np
+
+from kiln_shapes.evaluate import colour_error, generate, save_grid, score
 from kiln_shapes.lora_train import colour_split
 
 logger = logging.getLogger(__name__)
+CLOSE_DELTA_E = 20.0
 
 
 def _row(pipe: Any, label: str, scenes: list[data.Scene], steps: int, guidance: float, seed: int,
@@ -21,7 +26,8 @@ def _row(pipe: Any, label: str, scenes: list[data.Scene], steps: int, guidance: 
     images = generate(pipe, [data.caption(s) for s in scenes], steps, guidance, seed)
     if grid:
         save_grid(images, grid)
-    row = {"setting": label, "prompts": len(scenes), **score(scenes, images, data.PALETTE)}
+    close = np.mean([colour_error(image, s.colour) <= CLOSE_DELTA_E for image, s in zip(images, scenes)])
+    row = {"setting": label, "prompts": len(scenes), **score(scenes, images, data.PALETTE), "colour_close": float(close)}
     logger.info("%s", row)
     return row
 
@@ -47,8 +53,9 @@ def evaluate_adapter(base: str, adapter: str, adapter_name: str = "kiln-shapes-p
 
 def markdown_table(rows: list[dict]) -> str:
     """Rows of `evaluate_adapter` as a Markdown table (accuracies in percent)."""
-    fields = ("colour", "shape", "position", "size", "background")
-    lines = ["| setting | prompts | " + " | ".join(fields) + " |", "|---" * (2 + len(fields)) + "|"]
+    fields = ("colour", "colour_close", "shape", "position", "size", "background")
+    header = [f"colour ΔE ≤ {CLOSE_DELTA_E:g}" if f == "colour_close" else f for f in fields]
+    lines = ["| setting | prompts | " + " | ".join(header) + " |", "|---" * (2 + len(fields)) + "|"]
     for row in rows:
         cells = [row["setting"], str(row["prompts"]), *(f"{100 * row[f]:.0f} %" for f in fields)]
         lines.append("| " + " | ".join(cells) + " |")

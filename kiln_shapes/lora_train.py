@@ -3,8 +3,8 @@
 Only a UNet attention adapter (to_q, to_k, to_v, to_out.0) is trained. The base vocabulary lacks the
 word, so the tokenizer spells it as byte pieces ("p", "i", "n", "k</w>"); the frozen text encoder
 still gives those pieces their own hidden states, which the adapter's key/value projections learn to
-read. The loss is the base model's (v-prediction, min-SNR weighting, 10 % captions dropped for
-classifier-free guidance); a share of ordinary scenes keeps the other colours as they were.
+read. The loss is the base model's (v-prediction, x0 error weighted min(SNR + 1, 5), 10 % captions
+dropped for classifier-free guidance); a share of ordinary scenes keeps the other colours as they were.
 Held-out combinations of the new colour are never trained on (`colour_split`).
 """
 
@@ -48,6 +48,7 @@ class LoraConfig:
     warmup: int = 20
     cfg_dropout: float = 0.1
     min_snr: float = 5.0
+    snr_offset: float = 1.0  # as the base model's UNet phase: the high-noise steps, where position is decided, count
     checkpoint_every: int = 100
     threads: int = 1
 
@@ -91,7 +92,7 @@ def encode(pipe: Any, cfg: LoraConfig) -> dict[str, torch.Tensor]:
 
 def lora_loss(cfg: LoraConfig, unet: torch.nn.Module, encoded: dict[str, torch.Tensor],
               alphas_cumprod: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The base model's min-SNR weighted v-prediction loss on one random batch."""
+    """The base model's weighted v-prediction loss on one random batch."""
     idx = torch.randint(0, len(encoded["mean"]), (cfg.batch,), generator=gen)
     z0 = encoded["mean"][idx] + encoded["std"][idx] * torch.randn(encoded["mean"][idx].shape, generator=gen)
     drop = torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout
@@ -103,7 +104,7 @@ def lora_loss(cfg: LoraConfig, unet: torch.nn.Module, encoded: dict[str, torch.T
     target = a.sqrt() * noise - (1.0 - a).sqrt() * z0  # v (Salimans & Ho 2022)
     pred = unet(noisy, t, encoder_hidden_states=context).sample
     per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
-    return (min_snr_weights(a.view(-1), cfg.min_snr) * per_sample).mean()
+    return (min_snr_weights(a.view(-1), cfg.min_snr, offset=cfg.snr_offset) * per_sample).mean()
 
 
 def save(pipe: Any, cfg: LoraConfig, folder: str | Path) -> Path:
