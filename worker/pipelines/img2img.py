@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from worker.lora import scaled_by
+from worker.pipelines.diffusers_logs import pipeline_logger
 from worker.pipelines.images import ImageInput, preprocess_image
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
@@ -58,6 +59,8 @@ def repeat_to_batch(tensor: torch.Tensor, batch_size: int, what: str) -> torch.T
 
 class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
     """Image-to-image with the same components as `StableDiffusionPipeline` (share them freely)."""
+
+    prompt_log = pipeline_logger("stable_diffusion.pipeline_stable_diffusion_img2img")
 
     def prepare_image_latents(
         self,

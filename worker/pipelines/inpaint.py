@@ -15,6 +15,7 @@ import torch
 
 from worker.lora import scaled_by
 from worker.pipelines.img2img import repeat_to_batch, strength_schedule
+from worker.pipelines.diffusers_logs import pipeline_logger
 from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
@@ -53,6 +54,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
     """Text-guided inpainting with the Stable Diffusion components (9- or 4-channel UNet)."""
 
     scheduler_fixes = INPAINT_SCHEDULER_FIXES
+    prompt_log = pipeline_logger("stable_diffusion.pipeline_stable_diffusion_inpaint")
 
     @property
     def unet_channels(self) -> int:

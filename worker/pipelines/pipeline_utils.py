@@ -21,6 +21,7 @@ import torch
 from worker.models.modeling import ModelMixin
 from worker.pipelines import components as registry
 from worker.pipelines.custom import load_custom_pipeline, pipeline_files_patterns, repo_pipeline_class
+from worker.pipelines.diffusers_logs import LOADING
 from worker.runtime.configuration import FrozenConfig
 from worker.runtime.hub import MODEL_INDEX, PipelineFiles, fetch_pipeline_files
 from worker.runtime.subclasses import subclasses_in
@@ -340,6 +341,6 @@ def _load_components(files: PipelineFiles, torch_dtype: DtypeSpec, passed: Mappi
             loaded[name] = None
             continue
         variant = files.plan.components[name].variant
-        logger.debug("loading %s as %s from %s", name, class_name, files.folder / name)
         loaded[name] = kind.load(kind.cls, files.folder / name, _dtype_for(name, torch_dtype), variant)
     return loaded
+        LOADING.info("Loaded %s as %s from `%s` subfolder of %s.", name, class_name, name, files.folder)

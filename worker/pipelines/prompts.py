@@ -39,8 +39,10 @@ def negative_prompts(negative: Prompt | None, batch_size: int) -> list[str]:
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Token ids (N, L) padded to `max_length` (default: the tokenizer's, 77 for CLIP), truncated."""
+def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None,
+             log: logging.Logger = logger) -> dict[str, torch.Tensor]:
+    """Token ids (N, L) padded to `max_length` (default: the tokenizer's, 77 for CLIP), truncated;
+    what was cut off is reported on `log` (a pipeline passes its Diffusers-named logger)."""
     max_length = max_length or tokenizer.model_max_length
     with _TOKENIZER_LOCK:
         tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
@@ -48,7 +50,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None) ->
     if full.shape[-1] > tokens.input_ids.shape[-1]:
         with _TOKENIZER_LOCK:
             dropped = tokenizer.batch_decode(full[:, max_length - 1 : -1])
-        logger.warning("prompt truncated to %d tokens; dropped: %s", max_length, dropped)
+        log.warning("prompt truncated to %d tokens; dropped: %s", max_length, dropped)
     return tokens
 
 
@@ -62,13 +64,13 @@ def run_text_encoder(text_encoder: Any, tokens: dict[str, torch.Tensor], hidden_
 
 
 def encode_sd(text_encoder: Any, tokenizer: Any, texts: list[str], clip_skip: int | None = None,
-              max_length: int | None = None) -> torch.Tensor:
+              max_length: int | None = None, log: logging.Logger = logger) -> torch.Tensor:
     """SD 1.x/2.x prompt states (N, L, D): the final (layer-normed) hidden states.
 
     With `clip_skip=k`, the states k layers before the last, passed through the final layer
     norm (the convention of SD front-ends such as A1111).
     """
-    tokens = tokenize(tokenizer, texts, max_length)
+    tokens = tokenize(tokenizer, texts, max_length, log)
     if clip_skip is None:
         return run_text_encoder(text_encoder, tokens, hidden_states=False)[0]
     output = run_text_encoder(text_encoder, tokens, hidden_states=True)
@@ -78,10 +80,11 @@ def encode_sd(text_encoder: Any, tokenizer: Any, texts: list[str], clip_skip: in
 
 
 def encode_penultimate(text_encoder: Any, tokenizer: Any, texts: list[str], clip_skip: int | None = None,
-                       max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       max_length: int | None = None,
+                       log: logging.Logger = logger) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDXL prompt states (N, L, D) from the penultimate layer (or `clip_skip` more), without the
     final layer norm; plus the projected pooled embedding (N, P) when the model has a projection."""
-    tokens = tokenize(tokenizer, texts, max_length)
+    tokens = tokenize(tokenizer, texts, max_length, log)
     output = run_text_encoder(text_encoder, tokens, hidden_states=True)
     states = output.hidden_states[-((clip_skip or 0) + 2)]
     return states, getattr(output, "text_embeds", None)

@@ -18,6 +18,7 @@ import torch
 from worker.lora import lora_scale as text_lora_scale
 from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
+from worker.pipelines.diffusers_logs import pipeline_logger
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt, as_prompt_list, encode_penultimate, negative_prompts, repeat_per_image
 from worker.pipelines.stable_diffusion import (
@@ -40,6 +41,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
     _optional_components = list(optional_components)
     option_names = ("force_zeros_for_empty_prompt",)
     scheduler_fixes: dict = {}
+    prompt_log = pipeline_logger("stable_diffusion_xl.pipeline_stable_diffusion_xl")
     callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
                               "negative_pooled_prompt_embeds", "negative_add_time_ids")
     _callback_tensor_inputs = list(callback_tensor_inputs)
@@ -77,7 +79,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         """Concatenated penultimate states (N, L, ΣD) and the pooled embedding (N, P)."""
         states, pooled = [], None
         for (tokenizer, encoder), texts in zip(self._encoders(), texts_per_encoder):
-            hidden, projected = encode_penultimate(encoder, tokenizer, texts, clip_skip, max_length)
+            hidden, projected = encode_penultimate(encoder, tokenizer, texts, clip_skip, max_length, self.prompt_log)
             states.append(hidden)
             pooled = projected if pooled is None else pooled
         if pooled is None:
@@ -112,12 +114,15 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
             cond = self.encode_conditioning(
                 prompt, num_images_per_prompt, guided_now, negative_prompt, prompt_embeds, negative_prompt_embeds,
                 clip_skip, prompt_2, negative_prompt_2, pooled_prompt_embeds, negative_pooled_prompt_embeds)
-        if guided is not None:
-            return cond
-        move = (lambda t: t.to(device) if t is not None and device is not None else t)
-        negative_pooled = cond.negative_added.get("text_embeds") if cond.negative_added else None
-        return (move(cond.prompt_embeds), move(cond.negative_prompt_embeds), move(cond.added["text_embeds"]),
-                move(negative_pooled))
+        # Diffusers' tests and tools read the names of this method's first `return` to map its outputs
+        # onto `__call__` keywords, so Diffusers' form returns first, with those names.
+        if guided is None:
+            move = (lambda t: t.to(device) if t is not None and device is not None else t)
+            prompt_embeds, negative_prompt_embeds = move(cond.prompt_embeds), move(cond.negative_prompt_embeds)
+            pooled_prompt_embeds = move(cond.added["text_embeds"])
+            negative_pooled_prompt_embeds = move(cond.negative_added.get("text_embeds") if cond.negative_added else None)
+            return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+        return cond
 
     def encode_conditioning(  # type: ignore[override]
         self,

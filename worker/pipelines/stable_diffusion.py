@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from worker.pipelines.conditioning import Conditioning
+from worker.pipelines.diffusers_logs import pipeline_logger
 from worker.pipelines.guidance import (
     GuidanceValue,
     any_positive,
@@ -198,6 +199,8 @@ class StableDiffusionPipeline(LoraLoaderMixin, StableDiffusionMixin, DiffusionPi
     callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
     _callback_tensor_inputs = list(callback_tensor_inputs)
     default_guidance_scale = 7.5
+    # Prompt truncation is reported on Diffusers' logger of the same pipeline (see `diffusers_logs`).
+    prompt_log = pipeline_logger("stable_diffusion.pipeline_stable_diffusion")
 
     def __init__(
         self,
@@ -265,17 +268,21 @@ class StableDiffusionPipeline(LoraLoaderMixin, StableDiffusionMixin, DiffusionPi
         Kiln's earlier form, `encode_prompt(prompt, n, guided, negative_prompt)` or with
         `guided=`, still returns a `Conditioning` (use `encode_conditioning` in new code).
         """
-        if guided is not None or _is_count(device):
-            n, guided = (device, num_images_per_prompt) if _is_count(device) else (num_images_per_prompt, guided)
-            negative = do_classifier_free_guidance if _is_count(device) else negative_prompt
-            return self.encode_conditioning(prompt, n, bool(guided), negative if isinstance(negative, (str, list))
-                                            else None, prompt_embeds, negative_prompt_embeds, clip_skip)
-        with text_lora_scale(lora_scale):
-            cond = self.encode_conditioning(prompt, num_images_per_prompt, do_classifier_free_guidance,
-                                            negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
-        move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
-        negative = cond.negative_prompt_embeds
-        return move(cond.prompt_embeds), (move(negative) if negative is not None else None)
+        # Diffusers' tests and tools read the names of this method's first `return` to map its outputs
+        # onto `__call__` keywords, so Diffusers' form returns first, with those names.
+        if guided is None and not _is_count(device):
+            with text_lora_scale(lora_scale):
+                cond = self.encode_conditioning(prompt, num_images_per_prompt, do_classifier_free_guidance,
+                                                negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
+            prompt_embeds, negative_prompt_embeds = cond.prompt_embeds, cond.negative_prompt_embeds
+            if device is not None:
+                prompt_embeds = prompt_embeds.to(device)
+                negative_prompt_embeds = negative_prompt_embeds.to(device) if negative_prompt_embeds is not None else None
+            return prompt_embeds, negative_prompt_embeds
+        n, guided = (device, num_images_per_prompt) if _is_count(device) else (num_images_per_prompt, guided)
+        negative = do_classifier_free_guidance if _is_count(device) else negative_prompt
+        return self.encode_conditioning(prompt, n, bool(guided), negative if isinstance(negative, (str, list))
+                                        else None, prompt_embeds, negative_prompt_embeds, clip_skip)
 
     def encode_conditioning(
         self,
@@ -291,11 +298,13 @@ class StableDiffusionPipeline(LoraLoaderMixin, StableDiffusionMixin, DiffusionPi
         _check_prompt_args(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
         device, dtype = self.device, self._embeds_dtype()
         if prompt_embeds is None:
-            prompt_embeds = encode_sd(self.text_encoder, self.tokenizer, as_prompt_list(prompt), clip_skip)
+            prompt_embeds = encode_sd(self.text_encoder, self.tokenizer, as_prompt_list(prompt), clip_skip,
+                                      log=self.prompt_log)
         batch = prompt_embeds.shape[0]
         if guided and negative_prompt_embeds is None:
             texts = negative_prompts(negative_prompt, batch)
-            negative_prompt_embeds = encode_sd(self.text_encoder, self.tokenizer, texts, max_length=prompt_embeds.shape[1])
+            negative_prompt_embeds = encode_sd(self.text_encoder, self.tokenizer, texts,
+                                               max_length=prompt_embeds.shape[1], log=self.prompt_log)
         cond = repeat_per_image(prompt_embeds.to(device, dtype), num_images_per_prompt)
         if not guided:
             return Conditioning(cond)
