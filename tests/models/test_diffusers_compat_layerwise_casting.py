@@ -86,4 +86,3 @@ def test_same_numbers_as_diffusers_with_the_same_casting(cls, config, inputs):
         ours, theirs = model(**inputs()).sample, reference(**inputs()).sample
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert not torch.equal(full_precision, ours)  # the storage rounding is real
-

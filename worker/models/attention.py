@@ -13,9 +13,50 @@ attributes and helpers Diffusers' processors read (`heads`, `scale`, `group_norm
 
 from __future__ import annotations
 
+import functools
+import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Extra processor arguments of the model call under way (Diffusers' `cross_attention_kwargs`, less
+# the LoRA `scale`). A model's forward sets them for its duration and every attention layer reads
+# them, so they need no threading through the blocks; a context variable keeps concurrent calls
+# (threads, tasks) apart. Recomputation by gradient checkpointing runs without them.
+PROCESSOR_KWARGS: ContextVar[Mapping[str, Any]] = ContextVar("processor_kwargs", default={})
+
+
+@contextmanager
+def processor_kwargs(kwargs: Mapping[str, Any] | None) -> Iterator[None]:
+    """Hand `kwargs` to every attention processor called inside the block."""
+    token = PROCESSOR_KWARGS.set(dict(kwargs or {}))
+    try:
+        yield
+    finally:
+        PROCESSOR_KWARGS.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_keywords(processor_type: type) -> frozenset[str] | None:
+    """Keywords a processor's `__call__` takes beyond the four positional ones; None: any (**kwargs)."""
+    params = inspect.signature(processor_type.__call__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params) - {"self", "attn", "hidden_states", "encoder_hidden_states",
+                                                   "attention_mask"}
+
+
+def _call_kwargs(processor: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The extra arguments a processor takes; others are dropped, as Diffusers drops them."""
+    extra = {**PROCESSOR_KWARGS.get(), **kwargs}
+    if not extra:
+        return extra
+    accepted = _accepted_keywords(type(processor))
+    return extra if accepted is None else {k: v for k, v in extra.items() if k in accepted}
 
 
 class Attention(nn.Module):
@@ -58,7 +99,7 @@ class Attention(nn.Module):
 
         `attention_mask`: additive bias (B, 1, M) (or (B, M)), 0 to keep a key, large negative to drop it.
         """
-        return self.processor(self, x, context, attention_mask, **cross_attention_kwargs)
+        return self.processor(self, x, context, attention_mask, **_call_kwargs(self.processor, cross_attention_kwargs))
 
     # ------------------------------------------------------------------ steps shared by processors
     def tokens_in(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -213,4 +254,4 @@ class SpatialSelfAttention(Attention):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, **cross_attention_kwargs) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W): self-attention over the H·W positions (the context is ignored)."""
-        return self.processor(self, x, None, None, **cross_attention_kwargs)
+        return self.processor(self, x, None, None, **_call_kwargs(self.processor, cross_attention_kwargs))

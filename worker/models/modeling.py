@@ -40,6 +40,8 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
     # Submodule names (any dotted component of a parameter's name) that stay float32 on load.
     _keep_in_fp32_modules: list[str] | None = None
     _no_split_modules: list[str] | None = None
+    # Diffusers' marker of constructor keywords kept only for old configs: Kiln's models have none.
+    _deprecated_kwargs: list[str] = []
     # Module-name patterns that `enable_layerwise_casting` leaves in their dtype (besides the defaults).
     _skip_layerwise_casting_patterns: list[str] | None = None
 
@@ -82,6 +84,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
             ModelLoadError: the weights do not fit the model.
         """
         overrides = _config_overrides(cls, kwargs)
+        device = None if device_map is None else _single_device(device_map)  # checked before any loading
         try:
             folder = resolve_model_folder(path_or_repo, subfolder=subfolder, revision=revision, variant=variant)
         except MissingFilesError as exc:
@@ -95,8 +98,8 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         state_dict = model._cast_for_load(raw, dtype)
         model.load_weights(state_dict, source=", ".join(str(p) for p in files.paths))
         logger.info("loaded %s from %s (%d tensors)", cls.__name__, folder, len(state_dict))
-        if device_map is not None:
-            model.to(_single_device(device_map))
+        if device is not None:
+            model.to(device)
         model.eval()
         if output_loading_info:
             return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
@@ -209,7 +212,6 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         apply_layerwise_casting(self, storage_dtype, compute_dtype, patterns, tuple(skip_modules_classes or ()))
         self._layerwise_compute_dtype = compute_dtype
 
-
     @property
     def device(self) -> torch.device:
         return next((p.device for p in self.parameters()), torch.device("cpu"))
@@ -321,10 +323,31 @@ def _config_overrides(cls: type[ModelMixin], kwargs: dict[str, Any]) -> dict[str
     return {k: v for k, v in kwargs.items() if k in known}
 
 
-def _single_device(device_map: str | torch.device) -> torch.device:
-    if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("auto", "balanced", "sequential"):
-        return torch.device(device_map)
+def _single_device(device_map: str | int | torch.device) -> torch.device:
+    """The one device a `device_map` names: a device, a device name, or a CUDA index.
+
+    Raises:
+        ValueError: a negative index, a string that names no device, or a placement plan
+            ("auto", a dict, ...), which Kiln does not split models by. The first two messages
+            carry Diffusers' wording, which callers match on.
+    """
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        if device_map < 0:
+            raise ValueError(f"You can't pass device_map as a negative int ({device_map}); give a CUDA index >= 0")
+        return torch.device("cuda", device_map)
+    if isinstance(device_map, str) and device_map not in PLACEMENT_PLANS:
+        try:
+            return torch.device(device_map)
+        except RuntimeError:
+            raise ValueError(f"When passing device_map as a string, the value needs to be a device name "
+                             f"such as 'cpu', 'cuda' or 'cuda:1'; got {device_map!r}") from None
+    if isinstance(device_map, torch.device):
+        return device_map
     raise ValueError(f"device_map {device_map!r} is not supported; give one device such as 'cpu' or 'cuda'")
+
+
+# device_map values that ask for a model split over devices (Accelerate's plans).
+PLACEMENT_PLANS = frozenset({"auto", "balanced", "balanced_low_0", "sequential"})
 
 
 def _rename_attention_keys(state_dict: dict[str, torch.Tensor], prefix: str) -> None:

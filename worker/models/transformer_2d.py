@@ -93,6 +93,7 @@ class Transformer2DModel(nn.Module):
             for _ in range(num_layers)
         ])
         self.proj_out = projection(inner, in_channels)
+        self.gradient_checkpointing = False  # recompute each block in the backward pass (training)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,7 +105,10 @@ class Transformer2DModel(nn.Module):
         if self.use_linear_projection:
             tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, context_mask)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, context, context_mask, use_reentrant=False)
+            else:
+                tokens = block(tokens, context, context_mask)
         if self.use_linear_projection:
             tokens = self.proj_out(tokens)
         h = tokens.reshape(B, H, W, tokens.shape[-1]).permute(0, 3, 1, 2)  # (B, C', H, W)

@@ -20,6 +20,7 @@ from torch import nn
 from worker.runtime.configuration import register_to_config
 from worker.lora.mixin import scaled_by
 from worker.models.activations import get_activation
+from worker.models.attention import processor_kwargs
 from worker.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, timesteps_for_batch
 from worker.models.errors import ModelConfigError
 from worker.models.modeling import ModelMixin
@@ -169,19 +170,21 @@ class UNet2DConditionModel(ModelMixin):
             added_cond_kwargs: SDXL's `text_embeds` (B, pooled dim) and `time_ids` (B, 6).
             encoder_attention_mask: (B, M), 1 keeps a text token, 0 masks it out.
         """
-        _check_attention_options(attention_mask, cross_attention_kwargs)
+        _check_attention_options(attention_mask)
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
         emb = self._embed(sample, timestep, timestep_cond, class_labels, added_cond_kwargs or {})
         context = self.encoder_hid_proj(encoder_hidden_states) if self.encoder_hid_proj is not None \
             else encoder_hidden_states
         mask = _mask_bias(encoder_attention_mask, sample.dtype)
-        h, skips = self._down(self.conv_in(sample), emb, context, mask, down_block_additional_residuals)
-        if self.mid_block is not None:
-            h = self.mid_block(h, emb, context, mask)
-        if mid_block_additional_residual is not None:
-            h = h + mid_block_additional_residual
-        h = self._up(h, skips, emb, context, mask, sample.shape[-2:])
+        extra = {k: v for k, v in (cross_attention_kwargs or {}).items() if k != "scale"}  # scale: LoRA's
+        with processor_kwargs(extra):
+            h, skips = self._down(self.conv_in(sample), emb, context, mask, down_block_additional_residuals)
+            if self.mid_block is not None:
+                h = self.mid_block(h, emb, context, mask)
+            if mid_block_additional_residual is not None:
+                h = h + mid_block_additional_residual
+            h = self._up(h, skips, emb, context, mask, sample.shape[-2:])
         if self.conv_norm_out is not None:
             h = self.conv_act(self.conv_norm_out(h))
         h = self.conv_out(h)
@@ -241,13 +244,11 @@ class UNet2DConditionModel(ModelMixin):
         return h
 
 
-def _check_attention_options(attention_mask: torch.Tensor | None, cross_attention_kwargs: dict | None) -> None:
-    """`cross_attention_kwargs={"scale": s}` (a LoRA scale) is accepted: without adapters on the
-    model it changes nothing, as in the reference; other keys and a self-attention mask are not built."""
-    unknown = sorted(set(cross_attention_kwargs or {}) - {"scale"})
-    if attention_mask is not None or unknown:
-        raise ValueError(f"attention_mask and cross_attention_kwargs {unknown} are not supported by this UNet; "
-                         "only cross_attention_kwargs={'scale': ...} is")
+def _check_attention_options(attention_mask: torch.Tensor | None) -> None:
+    """A self-attention mask is not built (text masks go in `encoder_attention_mask`)."""
+    if attention_mask is not None:
+        raise ValueError("attention_mask (a self-attention mask) is not supported by this UNet; "
+                         "mask text tokens with encoder_attention_mask")
 
 
 def _mid_block(spec: BlockSpec, config, overrides: dict[str, Any]) -> nn.Module | None:

@@ -106,15 +106,18 @@ def _layers(spec: BlockSpec, kind: str | None, widths: Sequence[tuple[int, int]]
 class Level(nn.Module):
     """What every level shares: `gradient_checkpointing`, which recomputes each layer's
     activations in the backward pass (training only; set through the model's
-    `enable_gradient_checkpointing`)."""
+    `enable_gradient_checkpointing`). Levels that Diffusers builds without that switch (the NCSN++
+    ones) have none here either, so code that lists the checkpointed modules finds the same ones."""
 
     attention: str | None = None  # the attention kind of the named subclasses below
     resample: str | None = "conv"  # "conv", "resnet", or None: as the config says (`BlockSpec.resample`)
     takes_image: bool = False  # NCSN++ levels also carry the (resampled) input image
+    checkpointable: bool = True  # whether the level has the `gradient_checkpointing` switch
 
     def __init__(self) -> None:
         super().__init__()
-        self.gradient_checkpointing = False
+        if self.checkpointable:
+            self.gradient_checkpointing = False
 
     def resampler(self, spec: BlockSpec, channels: int, direction: str) -> nn.Module:
         """The x2 resampler ending the level: a conv (`Downsample2D` / `Upsample2D`) or a resnet block."""
@@ -134,7 +137,10 @@ class Level(nn.Module):
         return sampler(h) if size is None else sampler(h, size)
 
     def run(self, layer: nn.Module, *args: Any) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+        """layer(*args), recomputed in the backward pass when checkpointing is on (a layer with its
+        own switch, such as a `Transformer2DModel`, checkpoints its blocks itself)."""
+        if getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled() \
+                and not getattr(layer, "gradient_checkpointing", False):
             return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
@@ -260,6 +266,7 @@ class SkipDownBlock(Level):
     """(B, in, H, W) + image (B, 3, H, W) -> (B, out, H/2, W/2), skips, image (B, 3, H/2, W/2)."""
 
     takes_image = True
+    checkpointable = False  # as in Diffusers, whose NCSN++ levels have no checkpointing
 
     def __init__(self, spec: BlockSpec):
         super().__init__()
@@ -297,6 +304,7 @@ class SkipUpBlock(Level):
     reference's rule min(prev + skip / 4, 32) (`legacy_groups`)."""
 
     takes_image = True
+    checkpointable = False  # as in Diffusers, whose NCSN++ levels have no checkpointing
     legacy_groups = False
 
     def __init__(self, spec: BlockSpec):

@@ -78,10 +78,22 @@ def find_weight_files(folder: Path, variant: str | None = None,
         logger.warning("%s has no %r variant weights; loading its plain weights", folder, variant)
     found = _find_in(folder, None, formats)
     if found is None:
-        expected = [name for fmt in formats for name in weight_file_names(fmt, variant)]
-        present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise WeightsNotFoundError(f"no weights in {folder}: expected one of {expected}; found {present}")
+        raise WeightsNotFoundError(_no_weights_message(folder, variant, formats))
     return found
+
+
+def _no_weights_message(folder: Path, variant: str | None, formats: tuple[str, ...]) -> str:
+    """What was looked for and what is there; it opens with Diffusers' sentence ("Error no file
+    named diffusion_pytorch_model.bin found in directory ...", naming the last format tried), which
+    Diffusers code matches on, and says which variant to ask for when only variant files exist."""
+    expected = [name for fmt in formats for name in weight_file_names(fmt, variant)]
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    variants = sorted({name.split(".")[1].split("-")[0] for name in present
+                       if name.startswith(f"{WEIGHTS_STEM}.") and name.count(".") >= 2
+                       and name.split(".")[1].split("-")[0] not in FORMATS})
+    hint = f"; it holds variant weights ({', '.join(variants)}): pass variant={variants[0]!r}" if variants else ""
+    return (f"Error no file named {weight_file_names(formats[-1], None)[0]} found in directory {folder}: "
+            f"no weights in it (looked for {expected}; found {present}{hint})")
 
 
 def _find_in(folder: Path, variant: str | None, formats: tuple[str, ...] = FORMATS) -> WeightFiles | None:
