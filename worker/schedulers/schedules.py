@@ -31,13 +31,30 @@ def _scaled_linear(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
     return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
 
 
-def _squaredcos_cap_v2(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    # Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t + s)/(1 + s) · π/2), s = 0.008, β capped at 0.999.
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+def _betas_from_alpha_bar(alpha_bar: Callable[[float], float], n: int) -> torch.Tensor:
+    """β_i = 1 − ᾱ((i+1)/n) / ᾱ(i/n), capped at 0.999: a discrete schedule from a continuous ᾱ(t)."""
+    return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+                        dtype=torch.float32)
 
-    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
-    return torch.tensor(betas, dtype=torch.float32)
+
+def _squaredcos_cap_v2(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t + s)/(1 + s) · π/2), s = 0.008.
+    return _betas_from_alpha_bar(lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2, n)
+
+
+def _exp(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # ᾱ(t) = e^(−12 t): log-SNR falls linearly in t (Diffusers' "exp", Heun's option).
+    return _betas_from_alpha_bar(lambda t: math.exp(-12.0 * t), n)
+
+
+def _laplace(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # Laplace-shaped log-SNR (Hang et al. 2024): λ(t) = −½·sgn(½ − t)·ln(1 − 2|½ − t| + 10⁻⁶),
+    # SNR = e^λ, and Diffusers' DDPM takes ᾱ = √(SNR / (1 + SNR)).
+    def alpha_bar(t: float) -> float:
+        snr = math.exp(-0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * abs(0.5 - t) + 1e-6))
+        return math.sqrt(snr / (1 + snr))
+
+    return _betas_from_alpha_bar(alpha_bar, n)
 
 
 def _sigmoid(n: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -49,6 +66,8 @@ BETA_SCHEDULES: dict[str, Callable[[int, float, float], torch.Tensor]] = {
     "scaled_linear": _scaled_linear,
     "squaredcos_cap_v2": _squaredcos_cap_v2,
     "sigmoid": _sigmoid,
+    "exp": _exp,
+    "laplace": _laplace,
 }
 
 
