@@ -3,7 +3,8 @@
     python -m bench.diffusers_suite.schedulers --suite /tmp/difftests/schedulers [--out DIR] [-k EXPR]
         [--site DIR]         # extra import path for what diffusers' tests need and Kiln does not (torchsde)
         [--kiln-root DIR]    # another checkout's `worker/` (e.g. a `git archive` of an earlier commit)
-        [--reuse-reference]  # keep DIR/diffusers.xml from an earlier run (diffusers' side does not change)
+        [--reuse-reference]  # keep DIR/diffusers.*.xml from an earlier run (diffusers' side does not change)
+        [--jobs N]           # split the test files over N pytest children per side
 
 `--suite` is a folder holding diffusers' test files as `tests/schedulers/...` plus `tests/testing_utils.py`
 (fetched outside this repository; README.md names the versions). Both runs are the same pytest command
@@ -95,8 +96,14 @@ def pytest_report_header(config):
 # --- runner side ---------------------------------------------------------------------------------
 
 
-def run_pytest(suite: Path, junit: Path, kiln: bool, args: argparse.Namespace) -> None:
-    """One pytest run over the suite's scheduler tests in a child process; junit XML to `junit`."""
+def suite_files(suite: Path) -> list[str]:
+    """The fetched test files, largest first (so that `--jobs` chunks come out even)."""
+    files = sorted((suite / "tests" / "schedulers").glob("test_*.py"), key=lambda f: -f.stat().st_size)
+    return [str(f.relative_to(suite)) for f in files]
+
+
+def start_pytest(suite: Path, files: list[str], junit: Path, kiln: bool, args: argparse.Namespace):
+    """One pytest child over `files` (diffusers' classes, or Kiln's with the shim); junit XML to `junit`."""
     roots = [args.kiln_root] if kiln and args.kiln_root else []
     paths = [str(suite), *map(str, roots), str(REPO), *([str(args.site)] if args.site else [])]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
@@ -104,12 +111,26 @@ def run_pytest(suite: Path, junit: Path, kiln: bool, args: argparse.Namespace) -
     ini = suite / "pytest.ini"
     if not ini.exists():
         ini.write_text("[pytest]\n")
-    cmd = [sys.executable, "-m", "pytest", "tests/schedulers", "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
            "-p", "bench.diffusers_suite.schedulers", "-c", str(ini), "--rootdir", str(suite),
            f"--junitxml={junit}", "-o", "junit_family=xunit1"]
     if args.keyword:
         cmd += ["-k", args.keyword]
-    subprocess.run(cmd, cwd=suite, env=env, check=False, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, cwd=suite, env=env, stdout=subprocess.DEVNULL)
+
+
+def run_side(suite: Path, out: Path, name: str, kiln: bool, args: argparse.Namespace) -> dict:
+    """Run one side over every test file in `args.jobs` parallel children; merged outcomes."""
+    files = suite_files(suite)
+    chunks = [files[i :: args.jobs] for i in range(args.jobs) if files[i :: args.jobs]]
+    junits = [out / f"{name}.{i}.xml" for i in range(len(chunks))]
+    children = [start_pytest(suite, chunk, junit, kiln, args) for chunk, junit in zip(chunks, junits)]
+    for child in children:
+        child.wait()
+    merged: dict = {}
+    for junit in junits:
+        merged.update(outcomes(junit))
+    return merged
 
 
 def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
@@ -162,22 +183,26 @@ def report(reference: dict, kiln: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, required=True, help="folder holding tests/schedulers/")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the two junit files")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the junit files")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     parser.add_argument("--site", type=Path, default=None,
                         help="extra import path for the tests' own needs (e.g. `pip install --target DIR torchsde`)")
     parser.add_argument("--kiln-root", type=Path, default=None, help="folder whose worker/ is measured")
-    parser.add_argument("--reuse-reference", action="store_true", help="reuse OUT/diffusers.xml")
+    parser.add_argument("--reuse-reference", action="store_true", help="reuse OUT/diffusers.*.xml")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel pytest children per side")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="kiln-sched-suite-"))
     out.mkdir(parents=True, exist_ok=True)
     suite = args.suite.resolve()
     runs = {}
     for name, kiln in (("diffusers", False), ("kiln", True)):
-        junit = out / f"{name}.xml"
-        if not (name == "diffusers" and args.reuse_reference and junit.exists()):
-            run_pytest(suite, junit, kiln, args)
-        runs[name] = outcomes(junit)
+        saved = sorted(out.glob(f"{name}.*.xml"))
+        if name == "diffusers" and args.reuse_reference and saved:
+            runs[name] = {t: o for junit in saved for t, o in outcomes(junit).items()}
+        else:
+            for junit in saved:
+                junit.unlink()
+            runs[name] = run_side(suite, out, name, kiln, args)
     print(report(runs["diffusers"], runs["kiln"]))
     print(f"\njunit files: {out}")
     return 0
