@@ -1,9 +1,11 @@
 """LoRA training for kiln-shapes: teach the frozen base model a new colour word (`pink` by default).
 
-Only a UNet attention adapter (to_q, to_k, to_v, to_out.0) is trained. The base vocabulary lacks the
-word, so the tokenizer spells it as byte pieces ("p", "i", "n", "k</w>"); the frozen text encoder
-still gives those pieces their own hidden states, which the adapter's key/value projections learn to
-read. The loss is the base model's (v-prediction, x0 error weighted min(SNR + 1, 5), 10 % captions
+The adapter covers the UNet's attention (to_q, to_k, to_v, to_out.0) and the CLIP text encoder's
+attention (q/k/v/out_proj). The base vocabulary lacks the word, so the tokenizer spells it as byte
+pieces ("p", "i", "n", "k</w>"): four tokens where a colour takes one, which also moves every later
+word (shape, position, background) three places on. The text encoder is causal, so those later
+words' states change too; a UNet-only adapter measured 76 % shape and 54 % position on held-out
+pink prompts (base 95 % / 100 %), and the text-encoder part is what lets the adapter re-read them. The loss is the base model's (v-prediction, x0 error weighted min(SNR + 1, 5), 10 % captions
 dropped for classifier-free guidance); a share of ordinary scenes keeps the other colours as they were.
 Held-out combinations of the new colour are never trained on (`colour_split`).
 """
@@ -26,6 +28,7 @@ from kiln_shapes.train import lr_at, min_snr_weights, set_lr
 
 logger = logging.getLogger(__name__)
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class LoraConfig:
     n_images: int = 2000
     ordinary_fraction: float = 0.25
     rank: int = 8
+    text_encoder: bool = True  # adapt the text encoder's attention too (TEXT_TARGETS)
     alpha: float = 8.0
     steps: int = 900
     batch: int = 32
@@ -73,7 +77,7 @@ def training_scenes(cfg: LoraConfig) -> list[data.Scene]:
 
 @torch.no_grad()
 def encode(pipe: Any, cfg: LoraConfig) -> dict[str, torch.Tensor]:
-    """Scaled latent posteriors (N, 4, 16, 16), text-encoder states (N, 16, hidden) and the empty caption's."""
+    """Scaled latent posteriors (N, 4, 16, 16), token ids (N, 16) and the empty caption's ids (16,)."""
     scenes = training_scenes(cfg)
     images = torch.from_numpy(data.to_tensor_range(data.draw_batch(scenes)))
     means, stds = [], []
@@ -85,24 +89,23 @@ def encode(pipe: Any, cfg: LoraConfig) -> dict[str, torch.Tensor]:
     captions = [data.caption(s) for s in scenes] + [""]
     ids = pipe.tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                          return_tensors="pt").input_ids
-    states = torch.cat([pipe.text_encoder(c).last_hidden_state for c in ids.split(256)])
-    return {"mean": torch.cat(means) * scale, "std": torch.cat(stds) * scale, "context": states[:-1],
-            "empty": states[-1]}
+    return {"mean": torch.cat(means) * scale, "std": torch.cat(stds) * scale, "ids": ids[:-1], "empty": ids[-1]}
 
 
-def lora_loss(cfg: LoraConfig, unet: torch.nn.Module, encoded: dict[str, torch.Tensor],
+def lora_loss(cfg: LoraConfig, pipe: Any, encoded: dict[str, torch.Tensor],
               alphas_cumprod: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The base model's weighted v-prediction loss on one random batch."""
     idx = torch.randint(0, len(encoded["mean"]), (cfg.batch,), generator=gen)
     z0 = encoded["mean"][idx] + encoded["std"][idx] * torch.randn(encoded["mean"][idx].shape, generator=gen)
     drop = torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout
-    context = torch.where(drop[:, None, None], encoded["empty"], encoded["context"][idx])  # (B, 16, hidden)
+    ids = torch.where(drop[:, None], encoded["empty"], encoded["ids"][idx])  # (B, 16)
+    context = pipe.text_encoder(ids).last_hidden_state  # (B, 16, hidden); adapted when text_encoder
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, len(alphas_cumprod), (cfg.batch,), generator=gen)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * z0 + (1.0 - a).sqrt() * noise
     target = a.sqrt() * noise - (1.0 - a).sqrt() * z0  # v (Salimans & Ho 2022)
-    pred = unet(noisy, t, encoder_hidden_states=context).sample
+    pred = pipe.unet(noisy, t, encoder_hidden_states=context).sample
     per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
     return (min_snr_weights(a.view(-1), cfg.min_snr, offset=cfg.snr_offset) * per_sample).mean()
 
@@ -129,13 +132,16 @@ def train_lora(cfg: LoraConfig) -> Path:
     logger.info("encoded %d scenes; config %s", len(encoded["mean"]), asdict(cfg))
     tensors = init_adapter(pipe.unet, cfg.adapter_name, TARGETS, rank=cfg.rank, alpha=cfg.alpha,
                            generator=torch.Generator().manual_seed(cfg.seed))
+    if cfg.text_encoder:
+        tensors += init_adapter(pipe.text_encoder, cfg.adapter_name, TEXT_TARGETS, rank=cfg.rank, alpha=cfg.alpha,
+                                generator=torch.Generator().manual_seed(cfg.seed + 1))
     optimiser = torch.optim.AdamW(tensors, lr=cfg.lr, weight_decay=0.0)
     alphas_cumprod = models.alphas_cumprod()
     started = time.monotonic()
     for step in range(cfg.steps):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         set_lr(optimiser, lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
-        loss = lora_loss(cfg, pipe.unet, encoded, alphas_cumprod, gen)
+        loss = lora_loss(cfg, pipe, encoded, alphas_cumprod, gen)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tensors, 1.0)

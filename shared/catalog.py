@@ -242,27 +242,43 @@ class Catalog:
 
 
 SHAPES_MODEL = "kiln-shapes"
+SHAPES_FLUX_MODEL = "kiln-shapes-flux"
+SHAPES_PINK_LORA = "kiln-shapes-pink"
 SHAPES_VOCABULARY = [
     "a", "at", "background", "black", "blue", "bottom", "centre", "circle", "gray", "green", "in", "large",
     "left", "on", "orange", "purple", "red", "right", "small", "square", "the", "top", "triangle", "white",
     "yellow",
 ]
+SHAPES_PROMPTS = ("Prompts like 'a small red circle at the top left on a white background'; the vocabulary "
+                  "lists the words it knows.")
+
+
+def _bundled(name: str, marker: str = "model_index.json") -> Path | None:
+    """`models/<name>` of the checkout when it holds `marker`, else None (a trimmed checkout)."""
+    folder = REPO_ROOT / "models" / name
+    return folder if (folder / marker).is_file() else None
 
 
 def bundled_specs(settings: Settings) -> list[ModelSpec]:
     """The models Kiln ships. First (the default) the small text-to-image model trained by
-    `kiln_shapes` (docs/kiln-shapes.md) when its folder is in the checkout; then the tiny random
-    DDPM written at start, which proves the unconditional path."""
+    `kiln_shapes` (docs/kiln-shapes.md), then its FLUX-architecture sibling, each when its folder
+    is in the checkout; then the tiny random DDPM written at start, which proves the unconditional
+    path."""
     specs = []
-    shapes = REPO_ROOT / "models" / SHAPES_MODEL
-    if (shapes / "model_index.json").is_file():
+    if shapes := _bundled(SHAPES_MODEL):
         specs.append(ModelSpec(
             name=SHAPES_MODEL, source=str(shapes), family="sd",
             description="Small Stable-Diffusion-architecture model of coloured shapes on plain backgrounds, trained "
-                        "by kiln_shapes (docs/kiln-shapes.md). Prompts like 'a small red circle at the top left "
-                        "on a white background'; the vocabulary lists the words it knows.",
+                        "by kiln_shapes (docs/kiln-shapes.md). " + SHAPES_PROMPTS,
             default_width=64, default_height=64, default_steps=20, default_scheduler="dpmpp_2m",
             default_guidance_scale=4.0, vocabulary=SHAPES_VOCABULARY,
+        ))
+    if flux := _bundled(SHAPES_FLUX_MODEL):
+        specs.append(ModelSpec(
+            name=SHAPES_FLUX_MODEL, source=str(flux), family="flux",
+            description="Small FLUX.1-architecture rectified-flow transformer of the same shapes world (it also "
+                        "gets positions right), trained by kiln_shapes (docs/kiln-shapes.md). " + SHAPES_PROMPTS,
+            **FLUX_SHAPES_DEFAULTS, vocabulary=SHAPES_VOCABULARY,
         ))
     specs.append(ModelSpec(
         name=BUNDLED_MODEL,
@@ -279,10 +295,27 @@ def bundled_specs(settings: Settings) -> list[ModelSpec]:
     return specs
 
 
+# Plain FLUX.1 [schnell]-style (no embedded guidance, no CFG): one transformer pass per step. The T5
+# length is the one it was trained with — FLUX has no text attention mask, so padding counts.
+FLUX_SHAPES_DEFAULTS = dict(default_width=64, default_height=64, default_steps=8, default_scheduler="flow_euler",
+                            default_guidance_scale=0.0, default_max_sequence_length=32)
+
+
+def bundled_loras() -> list[LoraSpec]:
+    """The adapters Kiln ships: `kiln-shapes-pink` (the colour word pink for kiln-shapes)."""
+    if not (pink := _bundled(SHAPES_PINK_LORA, "pytorch_lora_weights.safetensors")):
+        return []
+    return [LoraSpec(name=SHAPES_PINK_LORA, source=str(pink), weight_name="pytorch_lora_weights.safetensors",
+                     base=SHAPES_MODEL,
+                     description="Teaches kiln-shapes the colour word 'pink', sRGB (240, 120, 190), e.g. 'a large "
+                                 "pink circle in the centre on a white background' (docs/kiln-shapes.md).")]
+
+
 def load_catalog(settings: Settings) -> Catalog:
     """The catalog from `KILN_MODELS_FILE`, or the bundled one."""
     if settings.models_file is None:
-        return Catalog(bundled_specs(settings))
+        specs = bundled_specs(settings)
+        return Catalog(specs, [lora for lora in bundled_loras() if lora.base in {s.name for s in specs}])
     path = Path(settings.models_file)
     try:
         data = json.loads(path.read_text())

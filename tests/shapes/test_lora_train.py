@@ -44,8 +44,9 @@ def test_a_few_steps_train_only_the_adapter(tmp_path):
     path = train_lora(cfg)
     assert path.name == "pytorch_lora_weights.safetensors"
     weights = load_file(path)
-    assert weights and all(k.startswith("unet.") and ".lora_" in k for k in weights)
+    assert weights and all(k.startswith(("unet.", "text_encoder.")) and ".lora_" in k for k in weights)
     assert any(k.endswith("to_out.0.lora_B.weight") for k in weights)
+    assert any(k.startswith("text_encoder.") and k.endswith("out_proj.lora_B.weight") for k in weights)
     assert max(v.abs().max() for k, v in weights.items() if ".lora_B." in k) > 0  # B left zero-init
     assert (tmp_path / "work" / "step-2" / "pytorch_lora_weights.safetensors").is_file()
     pipe = DiffusionPipeline.from_pretrained(MODEL)
@@ -54,5 +55,7 @@ def test_a_few_steps_train_only_the_adapter(tmp_path):
         context = pipe.text_encoder(pipe.tokenizer(["a small pink circle"], return_tensors="pt").input_ids)[0]
         base = pipe.unet(x, t, encoder_hidden_states=context).sample
         pipe.load_lora_weights(path.parent, adapter_name="pink")
-        adapted = pipe.unet(x, t, encoder_hidden_states=context).sample
+        adapted_context = pipe.text_encoder(pipe.tokenizer(["a small pink circle"], return_tensors="pt").input_ids)[0]
+        adapted = pipe.unet(x, t, encoder_hidden_states=adapted_context).sample
+    assert (adapted_context - context).abs().max() > 0  # the text-encoder part is loaded and active
     assert np.isfinite(adapted.numpy()).all() and (adapted - base).abs().max() > 0
