@@ -37,6 +37,12 @@ class DDPMPipeline(DiffusionPipeline):
         """Model output for a batch (B, C, H, W) at per-sample (B,) or shared timesteps."""
         return self.unet(sample, timesteps).sample
 
+    def planned_steps(self, num_inference_steps: int = 1000, **call_args: Any) -> int:
+        """Denoising steps (model calls, one callback each) a call with these arguments makes."""
+        scheduler = self.scheduler.clone()
+        scheduler.set_timesteps(num_inference_steps)
+        return len(scheduler.timesteps)
+
     @torch.no_grad()
     def __call__(
         self,

@@ -117,6 +117,16 @@ class FluxPipeline(FlowMatchPipeline):
         mu = dynamic_shift_mu(image_seq_len, self.scheduler.config)
         return new_flow_scheduler(self.scheduler, num_inference_steps, self.execution_device, sigmas, mu)
 
+    def planned_steps(self, num_inference_steps: int = 28, sigmas: list[float] | None = None,
+                      height: int | None = None, width: int | None = None, **call_args: Any) -> int:
+        """Denoising steps (model calls, one callback each) a call with these arguments makes."""
+        return len(self.new_scheduler(num_inference_steps, self.image_tokens(height, width), sigmas).timesteps)
+
+    def image_tokens(self, height: int | None, width: int | None) -> int:
+        """Packed latent tokens of an image: (h/2) · (w/2) at the latent size."""
+        h, w = self.latent_size(*self.default_size(height, width))
+        return (h // 2) * (w // 2)
+
     def prepare_latents(self, batch_size: int, height: int, width: int, generator: Generator = None,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
         """Packed x_1 = ε ~ N(0, I): (B, h/2 · w/2, 4C) (given `latents` are taken as packed)."""

@@ -52,6 +52,12 @@ class FluxImg2ImgPipeline(FluxPipeline):
         steps = num_inference_steps if scheduler.config.get("use_flow_sigmas") else len(scheduler.timesteps)
         return scheduler, flow_strength_timesteps(scheduler, steps, strength)
 
+    def planned_steps(self, num_inference_steps: int = 28, sigmas: list[float] | None = None,
+                      height: int | None = None, width: int | None = None, strength: float = 0.6,
+                      **call_args: Any) -> int:
+        """Denoising steps a call makes: the part of the schedule `strength` keeps."""
+        return len(self.strength_schedule(num_inference_steps, self.image_tokens(height, width), sigmas, strength)[1])
+
     def prepare_start(self, scheduler: Any, pixels: torch.Tensor, start: torch.Tensor, batch_size: int,
                       height: int, width: int, generator: Generator = None,
                       latents: torch.Tensor | None = None) -> FluxStart:

@@ -62,6 +62,11 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
 
     prompt_log = pipeline_logger("stable_diffusion.pipeline_stable_diffusion_img2img")
 
+    def planned_steps(self, num_inference_steps: int = 50, timesteps: list[int] | None = None,
+                      sigmas: list[float] | None = None, strength: float = 0.8, **call_args: Any) -> int:
+        """Denoising steps a call makes: the part of the schedule `strength` keeps."""
+        return len(strength_schedule(self, num_inference_steps, timesteps, sigmas, strength)[1])
+
     def prepare_image_latents(
         self,
         scheduler: Any,

@@ -63,6 +63,11 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
             raise ValueError(f"inpainting needs a UNet with 4 or 9 input channels, this one has {channels}")
         return channels
 
+    def planned_steps(self, num_inference_steps: int = 50, timesteps: list[int] | None = None,
+                      sigmas: list[float] | None = None, strength: float = 1.0, **call_args: Any) -> int:
+        """Denoising steps a call makes: the part of the schedule `strength` keeps."""
+        return len(strength_schedule(self, num_inference_steps, timesteps, sigmas, strength)[1])
+
     def prepare_start_latents(
         self, scheduler: Any, image: torch.Tensor, start: torch.Tensor, batch_size: int, height: int, width: int,
         generator: Generator, latents: torch.Tensor | None, full_strength: bool, dtype: torch.dtype,

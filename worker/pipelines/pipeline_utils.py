@@ -48,6 +48,8 @@ class DiffusionPipeline:
     _optional_components = optional_components  # Diffusers' name; subclasses set both
     # Non-component constructor arguments that `model_index.json` stores as plain values.
     option_names: ClassVar[tuple[str, ...]] = ()
+    # Whether a decode changes the shared VAE (SDXL's float16 upcast): such decodes are never batched.
+    upcasts_vae = False
 
     config: FrozenConfig
 

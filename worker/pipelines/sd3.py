@@ -146,6 +146,13 @@ class StableDiffusion3Pipeline(FlowMatchPipeline):
             mu = dynamic_shift_mu(image_seq_len, self.scheduler.config, SD3_MAX_SHIFT)
         return new_flow_scheduler(self.scheduler, num_inference_steps, self.execution_device, sigmas, mu)
 
+    def planned_steps(self, num_inference_steps: int = 28, sigmas: list[float] | None = None,
+                      height: int | None = None, width: int | None = None, mu: float | None = None,
+                      **call_args: Any) -> int:
+        """Denoising steps (model calls, one callback each) a call with these arguments makes."""
+        height, width = self.default_size(height, width)
+        return len(self.new_scheduler(num_inference_steps, self.image_seq_len(height, width), sigmas, mu).timesteps)
+
     def image_seq_len(self, height: int, width: int) -> int:
         """Transformer tokens of an image: (H/f/p) · (W/f/p)."""
         f, p = self.vae_scale_factor, self.patch_size

@@ -39,6 +39,13 @@ class StableDiffusion3Img2ImgPipeline(StableDiffusion3Pipeline):
         noise = randn_tensor(image_latents.shape, generator, device, dtype)
         return noise_to(scheduler, image_latents, noise, start)
 
+    def planned_steps(self, num_inference_steps: int = 50, sigmas: list[float] | None = None,
+                      height: int | None = None, width: int | None = None, mu: float | None = None,
+                      strength: float = 0.6, **call_args: Any) -> int:
+        """Denoising steps a call makes: the part of the schedule `strength` keeps."""
+        height, width = self.default_size(height, width)
+        return len(self.strength_schedule(num_inference_steps, height, width, sigmas, mu, strength)[1])
+
     def strength_schedule(self, num_inference_steps: int, height: int, width: int, sigmas: Sequence[float] | None,
                           mu: float | None, strength: float) -> tuple[Any, torch.Tensor]:
         """A fresh scheduler and the timesteps `strength` keeps (a σ grid counts as its own step count)."""

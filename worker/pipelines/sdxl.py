@@ -202,10 +202,17 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         negative_added = {**cond.negative_added, "time_ids": neg_ids.to(device).repeat(batch, 1)}
         return cond.with_(added=added, negative_added=negative_added)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """As SD, but a float16 VAE marked `force_upcast` decodes in float32 (its fp16 overflows)."""
+    @property
+    def upcasts_vae(self) -> bool:
+        """Whether a decode moves the shared VAE to float32 and back (a float16 VAE marked
+        `force_upcast`: its fp16 overflows): such decodes run one at a time, never batched."""
         vae = self.vae
-        if not (vae.dtype == torch.float16 and vae.config.get("force_upcast", False)):
+        return vae is not None and vae.dtype == torch.float16 and bool(vae.config.get("force_upcast", False))
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """As SD, but a VAE that `upcasts_vae` decodes in float32."""
+        vae = self.vae
+        if not self.upcasts_vae:
             return super().decode_latents(latents)
         logger.debug("decoding in float32: the fp16 SDXL VAE overflows (force_upcast)")
         with self._vae_upcast_lock:

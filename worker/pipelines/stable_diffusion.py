@@ -344,6 +344,12 @@ class StableDiffusionPipeline(LoraLoaderMixin, StableDiffusionMixin, DiffusionPi
         scheduler.set_timesteps(steps, device=self.device, **custom)
         return scheduler
 
+    def planned_steps(self, num_inference_steps: int = 50, timesteps: list[int] | None = None,
+                      sigmas: list[float] | None = None, **call_args: Any) -> int:
+        """How many denoising steps (model calls, one callback each) a call with these arguments
+        makes: the schedule's length, extra entries of second-order schedulers (Heun) included."""
+        return len(self.new_scheduler(num_inference_steps, timesteps, sigmas).timesteps)
+
     @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels if self.vae is not None else 4
