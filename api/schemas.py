@@ -8,8 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.auth import NAME_MAX, OWNER_PATTERN
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+from shared.jobs.record import Phase, Status
 
 
 class ErrorDetail(BaseModel):
@@ -60,8 +59,8 @@ class PreviewView(BaseModel):
 
 class JobView(BaseModel):
     id: str
-    status: JobStatus
-    phase: Literal["loading", "denoising", "uploading"] | None = Field(
+    status: Status
+    phase: Phase | None = Field(
         default=None, description="what a running job is doing")
     preview: PreviewView | None = Field(default=None, description="with preview_every, while running and after")
     model: str

@@ -16,6 +16,7 @@ from shared.errors import BadRequest, Conflict, InputRefused, ValidationFailed
 from shared.idempotency import body_hash
 from shared.ids import new_job_id
 from shared.inputs import INPUT_KEYS, Limits, decode_base64, fetch, image_size, input_key, normalize
+from shared.jobs.params import JobParams
 from shared.jobs.record import Job
 from shared.jobs.schema import JobRequest, parse_request, resolve_request, size_from_input
 from shared.logging import current_request_id
@@ -80,26 +81,26 @@ def submit(services: Services, who: Principal, idempotency_key: str | None) -> t
     return job, True
 
 
-def create_job(services: Services, who: Principal, job_id: str, params: dict, sub: Submission,
+def create_job(services: Services, who: Principal, job_id: str, params: JobParams, sub: Submission,
                limits: Limits) -> Job:
     """Charge the key's quotas, store the inputs, create the record and queue it fairly: the one
     path every new job takes (the API's submit and the dashboard's retry)."""
     services.quotas.take_token(who.key_id)
-    if params.get("webhook_url"):
-        _check_webhook(params["webhook_url"], services.settings.fetch_allow_private)
+    if params.webhook_url:
+        _check_webhook(params.webhook_url, services.settings.fetch_allow_private)
     services.quotas.admit(who.key_id, job_id)
     try:
-        params.update(_store_inputs(services, job_id, sub, limits, params))
-        queue = services.catalog.get(params["model"]).celery_queue
+        params = params.model_copy(update=_store_inputs(services, job_id, sub, limits, params))
+        queue = services.catalog.get(params.model).celery_queue
         extra = {"key_id": who.key_id}
         if request_id := current_request_id():
             extra["request_id"] = request_id  # the worker logs the job's lines with it
-        job = services.store.create(job_id, who.owner, params, queue, extra=extra)
+        job = services.store.create(job_id, who.owner, params.to_stored(), queue, extra=extra)
     except Exception:
         services.quotas.release(who.key_id, job_id)
         raise
     services.fair.push(queue, who.key_id, job_id)
-    if params.get("webhook_url"):
+    if params.webhook_url:
         services.webhooks.watch(job_id)
     services.keys.count_submission(who.key_id)
     return job
@@ -113,17 +114,17 @@ def _check_webhook(url: str, allow_private: bool) -> None:
 
 
 def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limits,
-                  params: dict) -> dict[str, object]:
+                  params: JobParams) -> dict[str, object]:
     """Validate each given input image, resize it to the job's size (a job without one takes the
     input image's, checked against the model's limits), store it as PNG; return the params to add:
     `{image_key|mask_key: key}` and, when it came from the input, the size."""
     raw = _input_bytes(services.settings, sub, limits)
     sized = {}
-    if "image" in raw and (params.get("width") is None or params.get("height") is None):
-        spec = services.catalog.get(params["model"])
+    if "image" in raw and (params.width is None or params.height is None):
+        spec = services.catalog.get(params.model)
         resolved = size_from_input(spec, params, image_size(raw["image"], "image", limits), services.settings)
-        sized = {"width": resolved["width"], "height": resolved["height"]}
-    size = (sized or params).get("width"), (sized or params).get("height")
+        sized = {"width": resolved.width, "height": resolved.height}
+    size = sized.get("width", params.width), sized.get("height", params.height)
     keys: dict[str, object] = dict(sized)
     for field, data in raw.items():
         key = input_key(job_id, field)
@@ -133,10 +134,10 @@ def _store_inputs(services: Services, job_id: str, sub: Submission, limits: Limi
     return keys
 
 
-def _size_from_given_image(services: Services, sub: Submission, params: dict, limits: Limits) -> dict:
+def _size_from_given_image(services: Services, sub: Submission, params: JobParams, limits: Limits) -> JobParams:
     """An image job without a size, its image in the request: sized (and checked against the model's
     limits) before quotas are charged. An image given by URL is sized once fetched."""
-    if params.get("width") is not None and params.get("height") is not None:
+    if params.width is not None and params.height is not None:
         return params
     if "image" in sub.uploads:
         data = sub.uploads["image"]
@@ -144,7 +145,7 @@ def _size_from_given_image(services: Services, sub: Submission, params: dict, li
         data = decode_base64(sub.request.image, "image", limits)
     else:
         return params
-    spec = services.catalog.get(params["model"])
+    spec = services.catalog.get(params.model)
     return size_from_input(spec, params, image_size(data, "image", limits), services.settings)
 
 

@@ -1,6 +1,6 @@
 """Throughput of the step batcher: N concurrent jobs batched vs the same jobs one at a time.
 
-Runs the worker's own code path (`worker.execute`: a pipeline view per job, its denoiser behind
+Runs the worker's own code path (`worker.job_pipeline`: a pipeline view per job, its denoiser behind
 the model's `StepBatcher`) in this process, without Celery or Redis, so the ratio measures the
 batching alone. Both variants run in the same process, alternating, on the same weights.
 
@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.execute import load_model, pipeline_for_task  # noqa: E402
+from worker.job_pipeline import pipeline_for_task  # noqa: E402
+from worker.loaded_model import load_model  # noqa: E402
 
 
 def bundled_pipeline():

@@ -1,6 +1,6 @@
 """Throughput of the step batcher on FLUX-architecture jobs: N concurrent jobs batched vs one at a time.
 
-The worker's own path (`worker.execute`: a pipeline view per job, its transformer behind the
+The worker's own path (`worker.job_pipeline`: a pipeline view per job, its transformer behind the
 model's `StepBatcher` as a `BatchedTransformer`), in this process, without Celery or Redis. The
 model is Kiln's `FluxPipeline` with Kiln's `FluxTransformer2DModel` at tiny widths (random
 weights, guidance-distilled like FLUX.1-dev), a small CLIP, a small T5 and a 16-channel VAE.
@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.execute import load_model, pipeline_for_task  # noqa: E402
+from worker.job_pipeline import pipeline_for_task  # noqa: E402
+from worker.loaded_model import load_model  # noqa: E402
 
 
 def flux_pipeline(width: int, heads: int, size: int):

@@ -2,7 +2,7 @@
 deltas in one call) vs the same jobs one at a time with the single-pipeline recipe between them
 (load_lora_weights, fuse_lora, run, unfuse_lora, unload_lora_weights) vs N batched jobs with no adapter.
 
-Runs the worker's code path (`worker.execute.run_params`: a pipeline view per job, the denoiser
+Runs the worker's code path (`worker.job_pipeline.run_params`: a pipeline view per job, the denoiser
 behind the model's `StepBatcher`, adapters from the worker's LRU) in this process, on the bundled
 kiln-shapes model (64×64 pixels, guidance on) with random rank-`--rank` adapters on the attention
 and feed-forward layers of the UNet and the CLIP text encoder's attention.
@@ -25,7 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from shared.catalog import Catalog, LoraSpec, ModelSpec  # noqa: E402
-from worker.execute import load_model, run_params  # noqa: E402
+from shared.jobs.params import JobParams  # noqa: E402
+from worker.job_pipeline import run_params  # noqa: E402
+from worker.loaded_model import load_model  # noqa: E402
 from worker.lora.files import write_lora  # noqa: E402
 from worker.pipelines import DiffusionPipeline  # noqa: E402
 
@@ -53,7 +55,8 @@ def job(k: int, steps: int, lora: str | None) -> dict:
 
 def batched(pool, loaded, catalog, jobs) -> float:
     start = time.perf_counter()
-    for future in [pool.submit(run_params, loaded, "sd", params, lambda *_: None, None, None, catalog)
+    for future in [pool.submit(run_params, loaded, "sd", JobParams.from_stored(params), lambda *_: None, None, None,
+                               catalog)
                    for params in jobs]:
         future.result()
     return time.perf_counter() - start

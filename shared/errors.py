@@ -64,10 +64,6 @@ class JobCanceled(JobError):
     code = "canceled"
 
 
-class JobTimeout(JobError):
-    code = "timeout"
-
-
 class Unauthorized(KilnError):
     code, http_status = "unauthorized", 401
 

@@ -32,7 +32,7 @@ from shared.metrics import bind_pipeline_cache, describe_worker
 from shared.settings import Settings, get_settings
 from shared.workers import WorkerRegistry, WorkerStatus
 from worker.device import Placement, choose_placement
-from worker.execute import LoadedModel, call_cost_cap, load_model
+from worker.loaded_model import LoadedModel, call_cost_cap, load_model
 from worker.faults import DeviceBroken, InfrastructureUnavailable
 from worker.heartbeat import Heartbeat, base_status
 from worker.metrics import MetricsServer, bind_device_memory, redis_health, start_metrics_server
@@ -101,7 +101,7 @@ class WorkerProcess:
 
     @functools.cached_property
     def runner(self) -> JobRunner:
-        cache = PipelineCache(self._load, self.settings.pipeline_cache_bytes)
+        cache = PipelineCache[LoadedModel](self._load, self.settings.pipeline_cache_bytes)
         set_worker_id(self.worker_id)
         bind_pipeline_cache(cache, self.settings.pipeline_cache_bytes)
         bind_device_memory(str(self.placement.device))

@@ -1,9 +1,9 @@
 """LoRA adapters in the worker: which adapters a loaded pipeline holds (an LRU within a byte
 budget, adapters of running jobs pinned), and the hooks that route each job's rows to its own.
 
-A job's `params["loras"]` is `[{"name": ..., "scale": ...}]` (names from the catalog). The worker:
+A job's adapters are `{name: scale}` (`JobParams.adapters()`, names from the catalog). The worker:
 
-    with job_loras(loaded.pipeline, params, catalog, session):   # load/pin, route this job
+    with job_loras(loaded.pipeline, adapters, catalog, session):  # load/pin, route this job
         pipe(...)                                                # text encoders: this thread
     # the step batcher, around each batched denoiser call:
     with routed(requests): module(...)                           # row i -> its job's adapters
@@ -94,16 +94,12 @@ def cache_for(pipeline: Any) -> AdapterCache:
         return _CACHES[pipeline]
 
 
-def job_adapter_set(params: Mapping[str, Any]) -> dict[str, float]:
-    """A job's adapters and weights: {name: scale} from `params["loras"]`."""
-    return {entry["name"]: float(entry.get("scale", 1.0)) for entry in params.get("loras") or ()}
-
-
 @contextlib.contextmanager
-def job_loras(pipeline: Any, params: Mapping[str, Any], catalog: Any, session: Any = None) -> Iterator[None]:
-    """Around one job's pipeline call: load and pin its adapters, route its text-encoder calls (this
-    thread) and, through `session.adapters`, its rows in the step batcher. A job without LoRAs: no-op."""
-    wanted = job_adapter_set(params)
+def job_loras(pipeline: Any, adapters: Mapping[str, float], catalog: Any, session: Any = None) -> Iterator[None]:
+    """Around one job's pipeline call: load and pin its `adapters` ({name: scale}), route its
+    text-encoder calls (this thread) and, through `session.adapters`, its rows in the step batcher.
+    A job without LoRAs: no-op."""
+    wanted = dict(adapters)
     if not wanted:
         yield
         return

@@ -16,11 +16,15 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+# What the cache holds per model: the worker's `LoadedModel` (anything with `components` and,
+# optionally, `close()`).
+Loaded = TypeVar("Loaded")
 
 
 def module_bytes(loaded: Any) -> int:
@@ -39,18 +43,18 @@ def module_bytes(loaded: Any) -> int:
     return total
 
 
-class PipelineCache:
-    def __init__(self, loader: Callable[[str], Any], budget_bytes: int) -> None:
+class PipelineCache(Generic[Loaded]):
+    def __init__(self, loader: Callable[[str], Loaded], budget_bytes: int) -> None:
         self._loader = loader
         self._budget = budget_bytes
-        self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Loaded, int]] = OrderedDict()
         self._loading: dict[str, threading.Event] = {}
         self._users: dict[int, int] = {}  # id(value) → jobs holding it
-        self._evicted: dict[int, Any] = {}  # evicted values still held by a job
+        self._evicted: dict[int, Loaded] = {}  # evicted values still held by a job
         self._lock = threading.Lock()
         self.stats = {"hits": 0, "loads": 0, "evictions": 0}
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> Loaded:
         """The pipeline for model `name`, loading it (once) if needed."""
         while True:
             with self._lock:
@@ -71,7 +75,7 @@ class PipelineCache:
         self._insert(name, pipeline)
         return pipeline
 
-    def acquire(self, name: str) -> Any:
+    def acquire(self, name: str) -> Loaded:
         """`get`, holding the value for a job until `release`: it is not closed while held."""
         while True:
             value = self.get(name)
@@ -80,7 +84,7 @@ class PipelineCache:
                     self._users[id(value)] = self._users.get(id(value), 0) + 1
                     return value
 
-    def release(self, value: Any) -> None:
+    def release(self, value: Loaded) -> None:
         with self._lock:
             left = self._users.pop(id(value), 0) - 1
             if left > 0:
@@ -90,14 +94,14 @@ class PipelineCache:
             _close(value)
 
     @contextlib.contextmanager
-    def using(self, name: str) -> Iterator[Any]:
+    def using(self, name: str) -> Iterator[Loaded]:
         value = self.acquire(name)
         try:
             yield value
         finally:
             self.release(value)
 
-    def _insert(self, name: str, pipeline: Any) -> None:
+    def _insert(self, name: str, pipeline: Loaded) -> None:
         size = module_bytes(pipeline)
         idle = []
         with self._lock:
@@ -124,7 +128,7 @@ class PipelineCache:
         with self._lock:
             return list(self._entries)
 
-    def values(self) -> list[Any]:
+    def values(self) -> list[Loaded]:
         with self._lock:
             return [value for value, _ in self._entries.values()]
 

@@ -21,15 +21,19 @@ import torch
 from PIL import Image
 
 from shared.catalog import Catalog
+from pydantic import ValidationError
+
 from shared.errors import JobCanceled, JobError, ModelLoadError, PipelineError
-from shared.jobs.record import Job, Output, Status
+from shared.jobs.params import JobParams
+from shared.jobs.record import Job, Outcome, Output, Phase, Status
 from shared.jobs.store import JobStore
 from shared.logging import log_context
 from shared.metrics import observe_job_finished, observe_job_started
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.storage.keys import output_key
-from worker.execute import LoadedModel, run_params
+from worker.job_pipeline import run_params
+from worker.loaded_model import LoadedModel
 from worker.faults import (DeviceBroken, InfrastructureUnavailable, is_device_fault, is_infrastructure_fault,
                            retry_infrastructure)
 from worker.lease import LeaseKeeper, hand_back_job
@@ -53,7 +57,7 @@ def new_worker_id() -> str:
 
 class JobRunner:
     def __init__(self, settings: Settings, store: JobStore, storage: Storage, catalog: Catalog,
-                 cache: PipelineCache, worker_id: str) -> None:
+                 cache: PipelineCache[LoadedModel], worker_id: str) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         self.catalog, self.cache, self.worker_id = catalog, cache, worker_id
         self._running: set[str] = set()
@@ -63,7 +67,7 @@ class JobRunner:
         with self._running_lock:
             return sorted(self._running)
 
-    def run(self, job_id: str) -> str:
+    def run(self, job_id: str) -> Outcome:
         """Run `job_id` if this delivery should; returns what happened (for logs and tests)."""
         with log_context(job_id=job_id):
             return self._run(job_id)
@@ -72,18 +76,18 @@ class JobRunner:
         """`call()`, retried in place while Redis or storage is unreachable (`KILN_INFRA_RETRY_S`)."""
         return retry_infrastructure(call, what, self.settings.infra_retry_s)
 
-    def _run(self, job_id: str) -> str:
+    def _run(self, job_id: str) -> Outcome:
         token = uuid.uuid4().hex
         result = self._retry(lambda: self.store.start(job_id, self.worker_id, token, self.settings.lease_ttl_s,
                                                       self.settings.max_attempts), "starting the job")
         if not result.started:
             logger.info("job %s not run: %s %s", job_id, result.outcome, result.detail)
-            return result.outcome
+            return Outcome(result.outcome)
         job = self._retry(lambda: self.store.get(job_id), "reading the job")
         with log_context(request_id=job.request_id):
             return self._run_started(job, token)
 
-    def _run_started(self, job: Job, token: str) -> str:
+    def _run_started(self, job: Job, token: str) -> Outcome:
         observe_job_started(job)
         with self._running_lock:
             self._running.add(job.id)
@@ -97,7 +101,7 @@ class JobRunner:
                                                                  timings=timings), "storing the job's result")
         except LeaseLost as exc:
             logger.warning("job %s abandoned here: %s; a reaper requeues it unless another worker has it", job.id, exc)
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         except InfrastructureUnavailable as exc:
             self._hand_back(job, token, refund_attempt=True, why=str(exc))
             raise
@@ -109,9 +113,9 @@ class JobRunner:
                 self._running.discard(job.id)
         if not finished:
             logger.warning("job %s finished here but its record had moved on; result dropped", job.id)
-            return "superseded"
+            return Outcome.SUPERSEDED
         logger.info("job %s %s in %.2fs", job.id, status.value, timings.get("total_s", 0.0))
-        return status.value
+        return Outcome(status.value)
 
     def _hand_back(self, job: Job, token: str, refund_attempt: bool, why: str) -> None:
         """Put the job back to `queued` for the caller to send again. If Redis is still away, the
@@ -126,22 +130,23 @@ class JobRunner:
         started = time.time()
         timings = {"queue_wait_s": round(started - job.created_at, 4)}
         try:
-            self._phase(job, token, "loading")
+            params = _job_params(job)
+            self._phase(job, token, Phase.LOADING)
             loaded = self._load(job)
             timings["load_s"] = round(time.time() - started, 4)
             t0 = time.time()
             spec = self.catalog.get(job.model)
-            self._phase(job, token, "denoising")
+            self._phase(job, token, Phase.DENOISING)
             try:
-                images = run_params(loaded, spec.family, job.params, self._step_hook(job.id, token, lease),
-                                    self._input_images(job), self._preview_hook(job, token, spec.family),
+                images = run_params(loaded, spec.family, params, self._step_hook(job.id, token, lease),
+                                    self._input_images(params), self._preview_hook(job, params, token, spec.family),
                                     catalog=self.catalog)
             finally:
                 self.cache.release(loaded)  # an evicted model is freed once its last job is done
             timings["model_s"] = round(time.time() - t0, 4)
             t0 = time.time()
-            self._phase(job, token, "uploading")
-            outputs = self._store_images(job, images)
+            self._phase(job, token, Phase.UPLOADING)
+            outputs = self._store_images(job, params, images)
             timings["upload_s"] = round(time.time() - t0, 4)
             timings["total_s"] = round(time.time() - started, 4)
             return Status.SUCCEEDED, outputs, None, timings
@@ -171,13 +176,13 @@ class JobRunner:
             logger.exception("could not load model %s", job.model)
             raise ModelLoadError(f"model {job.model!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
 
-    def _phase(self, job: Job, token: str, phase: str) -> None:
-        self._retry(lambda: self.store.annotate(job.id, token, {"type": "phase", "phase": phase}, phase=phase),
-                    f"recording phase {phase}")
+    def _phase(self, job: Job, token: str, phase: Phase) -> None:
+        self._retry(lambda: self.store.annotate(job.id, token, {"type": "phase", "phase": phase.value},
+                                                phase=phase.value), f"recording phase {phase.value}")
 
-    def _preview_hook(self, job: Job, token: str, family: str):
+    def _preview_hook(self, job: Job, params: JobParams, token: str, family: str):
         """Stores the job's latest preview (`previews/<id>/latest.png`) and tells the record."""
-        if not job.params.get("preview_every"):
+        if not params.preview_every:
             return None
         key = f"previews/{job.id}/latest.png"
 
@@ -189,11 +194,10 @@ class JobRunner:
 
         return on_preview
 
-    def _input_images(self, job: Job) -> dict[str, Image.Image]:
+    def _input_images(self, params: JobParams) -> dict[str, Image.Image]:
         """The job's input images (validated and stored as PNG by the API), as pipeline arguments."""
         inputs = {}
-        for param, argument, mode in (("image_key", "image", "RGB"), ("mask_key", "mask_image", "L")):
-            key = job.params.get(param)
+        for key, argument, mode in ((params.image_key, "image", "RGB"), (params.mask_key, "mask_image", "L")):
             if key:
                 data = self._retry(lambda: self.storage.get(key), f"reading input {key}")
                 inputs[argument] = Image.open(io.BytesIO(data)).convert(mode)
@@ -217,8 +221,8 @@ class JobRunner:
 
         return on_step
 
-    def _store_images(self, job: Job, images: list[Image.Image]) -> list[Output]:
-        fmt = job.params.get("output_format", "png")
+    def _store_images(self, job: Job, params: JobParams, images: list[Image.Image]) -> list[Output]:
+        fmt = params.output_format
         outputs = []
         for index, image in enumerate(images):
             buffer = io.BytesIO()
@@ -226,9 +230,19 @@ class JobRunner:
             data = buffer.getvalue()
             key = output_key(job.id, index, fmt)
             self._retry(lambda: self.storage.put(key, data, CONTENT_TYPES[fmt]), f"uploading {key}")
-            outputs.append(Output(index=index, key=key, size=len(data), seed=job.params["seed"],
+            outputs.append(Output(index=index, key=key, size=len(data), seed=params.seed,
                                   content_type=CONTENT_TYPES[fmt], width=image.width, height=image.height))
         return outputs
+
+
+def _job_params(job: Job) -> JobParams:
+    """The job's stored params, typed; a record they cannot be read from fails the job."""
+    try:
+        return JobParams.from_stored(job.params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "params"
+        raise JobError(f"the job's stored params are not valid: {field}: {first['msg']}", code="invalid_params") from None
 
 
 def _raise_if_not_the_jobs(exc: Exception) -> None:

@@ -15,20 +15,21 @@ from api.services import Services
 from shared.auth import Principal
 from shared.ids import new_job_id
 from shared.inputs import INPUT_KEYS, Limits
+from shared.jobs.params import JobParams
 from shared.jobs.record import Job
 from shared.jobs.schema import JobRequest, resolve_request
 
 
 def retry_job(services: Services, job: Job) -> Job:
     settings = services.settings
-    fields = {k: v for k, v in job.params.items() if k in JobRequest.model_fields and v is not None}
-    uploads = {name: services.storage.get(job.params[param])
-               for name, param in INPUT_KEYS.items() if job.params.get(param)}
+    old = JobParams.from_stored(job.params)
+    fields = old.request_fields()
+    uploads = {name: services.storage.get(getattr(old, key)) for name, key in INPUT_KEYS.items()
+               if getattr(old, key)}
     request = JobRequest(**fields)
     params = resolve_request(request, services.catalog, settings, frozenset(uploads))
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-    key_id = services.store.redis.hget(services.store.job_key(job.id), "key_id") or job.owner
-    owner = Principal(key_id=key_id, owner=job.owner, role="user")
+    owner = Principal(key_id=job.key_id or job.owner, owner=job.owner, role="user")
     limits = Limits(settings.input_max_bytes, settings.input_max_pixels)
     return submit.create_job(services, owner, new_job_id(), params,
-                          submit.Submission(request, uploads, digest), limits)
+                             submit.Submission(request, uploads, digest), limits)

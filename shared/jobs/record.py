@@ -32,6 +32,29 @@ class Status(str, enum.Enum):
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED})
 
 
+class Phase(str, enum.Enum):
+    """What a running job is doing."""
+
+    LOADING = "loading"
+    DENOISING = "denoising"
+    UPLOADING = "uploading"
+
+
+class Outcome(str, enum.Enum):
+    """What one delivery of a job came to (the worker's answer, for logs and tests): a terminal
+    status it wrote, or why it wrote none."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    MISSING = "missing"  # no such job
+    TERMINAL = "terminal"  # already finished: a duplicate delivery
+    LEASED = "leased"  # another live worker runs it
+    EXHAUSTED = "exhausted"  # out of attempts: failed without running
+    LEASE_LOST = "lease_lost"  # this worker's lease expired while running; nothing written
+    SUPERSEDED = "superseded"  # finished here, but the record had moved on; result dropped
+
+
 @dataclass(frozen=True)
 class Output:
     """One stored image of a job."""
@@ -66,7 +89,8 @@ class Job:
     outputs: list[Output] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     request_id: str | None = None
-    phase: str | None = None  # while running: loading | denoising | uploading
+    phase: Phase | None = None  # while running
+    key_id: str | None = None  # the API key that submitted it
     preview_key: str | None = None
     preview_step: int = 0
 
@@ -100,7 +124,8 @@ class Job:
             outputs=outputs,
             timings=json.loads(raw.get("timings") or "{}"),
             request_id=raw.get("request_id") or None,
-            phase=raw.get("phase") or None,
+            phase=Phase(raw["phase"]) if raw.get("phase") else None,
+            key_id=raw.get("key_id") or None,
             preview_key=raw.get("preview_key") or None,
             preview_step=num("preview_step", int, 0),
         )
@@ -108,4 +133,5 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = self.status.value
+        data["phase"] = self.phase.value if self.phase else None
         return data

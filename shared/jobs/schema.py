@@ -1,26 +1,26 @@
-"""The job request: one typed object, validated at the API edge, stored with the job.
+"""The job request, validated at the API edge and resolved into the job's `JobParams`.
 
 Validation happens in two passes: `JobRequest` checks types, unknown fields and static bounds;
 `resolve_request` checks what depends on the model and the settings and fills in defaults, so
-the stored parameters say exactly what the worker will run (the seed included).
+the stored parameters (`shared.jobs.params`) say exactly what the worker will run (the seed included).
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Any
 
 from annotated_types import Ge, Gt, Le, MaxLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.catalog import FAMILY_ONLY_FIELDS, MAX_SEQUENCE_LENGTH, Catalog, ModelSpec, Task
 from shared.errors import ValidationFailed
+from shared.jobs.params import FAMILY_FIELD_TYPES, JobParams, LoraChoice, OutputFormat
 from shared.schedulers import SCHEDULERS
 from shared.settings import Settings
 
 MAX_SIDE = 2048
 MAX_SEED = 2**63 - 1
-OutputFormat = Literal["png", "jpeg", "webp"]
 URL_PATTERN = r"^https?://[^\s]+$"
 
 
@@ -39,15 +39,6 @@ class FlowFields(BaseModel):
 
 
 MAX_LORAS = 8  # adapters one job may combine
-
-
-class LoraChoice(BaseModel):
-    """One LoRA adapter a job applies: a name from GET /v1/loras and its weight."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    name: str = Field(min_length=1, max_length=64)
-    scale: float = Field(default=1.0, ge=-4, le=4)
 
 
 class JobRequest(FlowFields):
@@ -142,7 +133,7 @@ def _expected_type(field: str) -> str:
 
 
 def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
-                    uploads: frozenset[str] = frozenset()) -> dict[str, Any]:
+                    uploads: frozenset[str] = frozenset()) -> JobParams:
     """Apply the model's defaults and the checks that depend on it; return the job's params.
 
     Input images are not part of the params: the API stores them and adds their storage keys.
@@ -166,28 +157,18 @@ def resolve_request(req: JobRequest, catalog: Catalog, settings: Settings,
         raise ValidationFailed(
             f"num_images must be >= 1 and <= {settings.max_num_images} (got {req.num_images})", field="num_images"
         )
-    params = {
-        "model": spec.name,
-        "task": task,
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
-        "width": req.width,
-        "height": req.height,
-        "steps": steps,
-        "guidance_scale": req.guidance_scale if req.guidance_scale is not None else spec.default_guidance_scale,
-        "scheduler": _scheduler(req, spec),
-        "seed": req.seed if req.seed is not None else secrets.randbelow(2**32),
-        "num_images": req.num_images,
-        "strength": _strength(req, task),
-        "output_format": req.output_format,
-        **_family_params(req, spec),
-        **({"preview_every": req.preview_every} if req.preview_every else {}),
-        **({"webhook_url": req.webhook_url} if req.webhook_url else {}),
-        **({"loras": _loras(req, spec, catalog)} if req.loras else {}),
-    }
+    params = JobParams(
+        model=spec.name, task=task, prompt=req.prompt, negative_prompt=req.negative_prompt,
+        width=req.width, height=req.height, steps=steps,
+        guidance_scale=req.guidance_scale if req.guidance_scale is not None else spec.default_guidance_scale,
+        scheduler=_scheduler(req, spec), seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+        num_images=req.num_images, strength=_strength(req, task), output_format=req.output_format,
+        preview_every=req.preview_every or None, webhook_url=req.webhook_url or None,
+        loras=_loras(req, spec, catalog), family_fields=_family_fields(req, spec),
+    )
     if task not in IMAGE_TASKS or (req.width is not None and req.height is not None):
-        params["width"], params["height"] = _resolve_size(req, spec.default_width, spec.default_height,
-                                                          spec.fixed_size, settings, spec.size_multiple)
+        params = params.sized(*_resolve_size(req, spec.default_width, spec.default_height, spec.fixed_size,
+                                             settings, spec.size_multiple))
         check_job_size(spec, params, settings)
     return params
 
@@ -205,8 +186,8 @@ def _check_family_fields(req: JobRequest, spec: ModelSpec) -> None:
                                "use true_cfg_scale with a negative_prompt", field="guidance_scale")
 
 
-def _loras(req: JobRequest, spec: ModelSpec, catalog: Catalog) -> list[dict[str, Any]]:
-    """The job's adapters as [{name, scale}]: each in the catalog, made for this model, named once."""
+def _loras(req: JobRequest, spec: ModelSpec, catalog: Catalog) -> tuple[LoraChoice, ...]:
+    """The job's adapters: each in the catalog, made for this model, named once."""
     known = {lora.name: lora for lora in catalog.loras}
     seen: set[str] = set()
     for i, choice in enumerate(req.loras or ()):
@@ -219,14 +200,18 @@ def _loras(req: JobRequest, spec: ModelSpec, catalog: Catalog) -> list[dict[str,
         if choice.name in seen:
             raise ValidationFailed(f"LoRA {choice.name!r} is named twice", field=field)
         seen.add(choice.name)
-    return [{"name": c.name, "scale": c.scale} for c in req.loras or ()]
+    return tuple(req.loras or ())
 
 
-def _family_params(req: JobRequest, spec: ModelSpec) -> dict[str, Any]:
-    """The family-only fields this model reads, with the model's defaults filled in."""
+def _family_fields(req: JobRequest, spec: ModelSpec) -> Any:
+    """The family-only fields this model reads, with the model's defaults filled in (None for a
+    family without any)."""
+    kind = FAMILY_FIELD_TYPES.get(spec.family)
+    if kind is None:
+        return None
     defaults = spec.defaults()
-    return {name: getattr(req, name) if getattr(req, name) is not None else defaults[name]
-            for name in sorted(spec.fields)}
+    return kind(**{name: getattr(req, name) if getattr(req, name) is not None else defaults[name]
+                   for name in sorted(spec.fields)})
 
 
 def _scheduler(req: JobRequest, spec: ModelSpec) -> str:
@@ -241,10 +226,10 @@ def _scheduler(req: JobRequest, spec: ModelSpec) -> str:
     return scheduler
 
 
-def check_job_size(spec: ModelSpec, params: dict[str, Any], settings: Settings) -> None:
+def check_job_size(spec: ModelSpec, params: JobParams, settings: Settings) -> None:
     """Refuse a job bigger than the model declares it makes: sides, pixels, and the per-job
     compute budget width × height × steps × num_images (a step's cost grows with pixels)."""
-    limits, width, height = spec.limits, params["width"], params["height"]
+    limits, width, height = spec.limits, params.width, params.height
     for name, value in (("width", width), ("height", height)):
         if value > limits[f"max_{name}"]:
             raise ValidationFailed(f"{name} must be at most {limits[f'max_{name}']} for {spec.name!r} "
@@ -253,19 +238,19 @@ def check_job_size(spec: ModelSpec, params: dict[str, Any], settings: Settings) 
         most = min(limits["max_pixels"], settings.max_pixels)
         raise ValidationFailed(f"width × height must be at most {most} pixels for {spec.name!r} "
                                f"(got {width}×{height})", field="width")
-    cost = width * height * params["steps"] * params["num_images"]
+    cost = width * height * params.steps * params.num_images
     if cost > limits["max_cost"]:
         raise ValidationFailed(
             f"width × height × steps × num_images = {cost} is over {spec.name!r}'s per-job budget max_cost = "
             f"{limits['max_cost']}; ask for fewer steps, images or pixels", field="steps")
 
 
-def size_from_input(spec: ModelSpec, params: dict[str, Any], image_size: tuple[int, int],
-                    settings: Settings) -> dict[str, Any]:
+def size_from_input(spec: ModelSpec, params: JobParams, image_size: tuple[int, int],
+                    settings: Settings) -> JobParams:
     """An image job's size: what it asked for, else the input image's (a side that is missing
     keeps the input's aspect), rounded down to the model's size multiple; then checked like any job."""
     in_w, in_h = image_size
-    width, height = params["width"], params["height"]
+    width, height = params.width, params.height
     if width is None and height is None:
         width, height = in_w, in_h
     elif width is None:
@@ -273,7 +258,7 @@ def size_from_input(spec: ModelSpec, params: dict[str, Any], image_size: tuple[i
     elif height is None:
         height = round(in_h * width / in_w)
     step = spec.size_multiple
-    sized = {**params, "width": max(step, width - width % step), "height": max(step, height - height % step)}
+    sized = params.sized(max(step, width - width % step), max(step, height - height % step))
     check_job_size(spec, sized, settings)
     return sized
 

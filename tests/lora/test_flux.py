@@ -141,7 +141,9 @@ def test_flux_jobs_with_different_adapters_share_calls(flux_folder):
     import numpy as np
 
     from shared.catalog import Catalog, LoraSpec, ModelSpec
-    from worker.execute import load_model, run_params
+    from shared.jobs.params import JobParams
+    from worker.job_pipeline import run_params
+    from worker.loaded_model import load_model
     from worker.lora.files import write_lora
     from worker.pipelines import DiffusionPipeline
     from worker.job_scheduler import build_scheduler
@@ -154,7 +156,8 @@ def test_flux_jobs_with_different_adapters_share_calls(flux_folder):
              for seed, name in enumerate(("x", "y"))]
     catalog = Catalog([ModelSpec(name="flux", source=str(flux_folder), family="flux", guidance_distilled=True)], loras)
     loaded = load_model("flux", served, max_rows=8)
-    base = {"task": "text-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 2, "scheduler": "flow_euler",
+    base = {"model": "flux", "task": "text-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 2,
+            "scheduler": "flow_euler",
             "guidance_scale": 3.5, "num_images": 1, "width": 32, "height": 32, "true_cfg_scale": 1.0,
             "max_sequence_length": 16}
     jobs = [{**base, "seed": 1, "loras": [{"name": "x", "scale": 1.0}]}, {**base, "seed": 2},
@@ -163,7 +166,7 @@ def test_flux_jobs_with_different_adapters_share_calls(flux_folder):
 
     def run(i):
         barrier.wait()
-        results[i] = run_params(loaded, "flux", jobs[i], lambda *_: None, catalog=catalog)[0]
+        results[i] = run_params(loaded, "flux", JobParams.from_stored(jobs[i]), lambda *_: None, catalog=catalog)[0]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
     for t in threads:

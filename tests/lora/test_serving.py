@@ -12,6 +12,7 @@ import torch
 
 from shared.catalog import Catalog, LoraSpec, ModelSpec, load_catalog
 from shared.errors import ValidationFailed
+from shared.jobs.params import JobParams
 from shared.jobs.schema import parse_request, resolve_request
 from shared.settings import load_settings
 from tests.lora.lora_files import TEXT_TARGETS, UNET_TARGETS, peft_layers, random_lora
@@ -44,7 +45,8 @@ def served(sd_folder, tmp_path_factory):
 
 def request(catalog, **body):
     settings = load_settings(auth="disabled")
-    return resolve_request(parse_request({"model": "tiny-sd", "prompt": "a red cat", **body}), catalog, settings)
+    return resolve_request(parse_request({"model": "tiny-sd", "prompt": "a red cat", **body}), catalog,
+                           settings).to_stored()
 
 
 def test_jobs_name_catalog_loras_for_their_model(served):
@@ -109,7 +111,8 @@ def test_adapter_lru_within_budget(served, sd_folder):
 
 
 def test_concurrent_jobs_with_different_adapters(served, sd_folder):
-    from worker.execute import load_model, run_params
+    from worker.job_pipeline import run_params
+    from worker.loaded_model import load_model
     from worker.pipelines import DiffusionPipeline
 
     loaded = load_model("tiny-sd", DiffusionPipeline.from_pretrained(sd_folder), max_rows=32)
@@ -119,7 +122,8 @@ def test_concurrent_jobs_with_different_adapters(served, sd_folder):
 
     def run(i):
         barrier.wait()
-        results[i] = run_params(loaded, "sd", jobs[i], lambda step, total: None, catalog=served)[0]
+        results[i] = run_params(loaded, "sd", JobParams.from_stored(jobs[i]), lambda step, total: None,
+                                catalog=served)[0]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
     for t in threads:
@@ -190,7 +194,7 @@ class OneModel:
 def test_the_runner_serves_a_lora_job_and_fails_a_broken_one(redis_url, served, sd_folder, tmp_path):
     from shared.jobs.record import Status
     from shared.jobs.store import JobStore
-    from worker.execute import load_model
+    from worker.loaded_model import load_model
     from worker.pipelines import DiffusionPipeline
     from worker.runner import JobRunner
 

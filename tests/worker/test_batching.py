@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.pipelines.tiny import tiny_ddpm_pipeline, tiny_sd_pipeline
-from worker.execute import load_model, pipeline_for_task
+from worker.job_pipeline import pipeline_for_task
+from worker.loaded_model import load_model
 from worker.pipelines import DiffusionPipeline
 
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from shared.jobs.params import FluxFields, JobParams
 from tests.pipelines import tiny_flow
 from worker.batching import BatchedTransformer, StepBatcher, StepRequest
-from worker.execute import call_cost_cap, denoiser_name, load_model, pipeline_for_task
+from worker.job_pipeline import pipeline_for_task
+from worker.loaded_model import call_cost_cap, denoiser_name, load_model
 from worker.pipelines import DiffusionPipeline
 from worker.schedulers import FlowMatchEulerDiscreteScheduler
 
@@ -180,41 +182,16 @@ def test_sd3_batched_equals_unbatched(sd3):
 
 
 def test_a_flux_job_through_run_params_with_previews(flux):
-    from worker.execute import run_params
+    from worker.job_pipeline import run_params
     from worker.previews import preview_image
 
     loaded = load_model("flux", flux, max_rows=8)
-    params = {"task": "text-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 3, "scheduler": "flow_euler",
-              "guidance_scale": 3.5, "num_images": 1, "seed": 1, "width": 48, "height": 32, "true_cfg_scale": 1.0,
-              "max_sequence_length": 16, "preview_every": 1}
+    params = JobParams(model="flux", task="text-to-image", prompt="a cat", steps=3, scheduler="flow_euler",
+                       guidance_scale=3.5, seed=1, width=48, height=32, preview_every=1,
+                       family_fields=FluxFields(true_cfg_scale=1.0, max_sequence_length=16))
     previews, steps = [], []
     images = run_params(loaded, "flux", params, lambda step, total: steps.append((step, total)),
                         on_preview=lambda step, latents: previews.append(preview_image(latents, False)))
     assert images[0].size == (48, 32) and steps[-1] == (3, 3)
     assert [p.size for p in previews] == [(24, 16)] * 2  # latents unpacked: 16 × 24 at scale 2
-    loaded.close()
-
-
-@pytest.mark.parametrize("family, steps, strength, planned", [("flux", 3, 0.7, 3), ("sd3", 10, 0.55, 6),
-                                                             ("sd", 3, 0.7, 2), ("sd", 10, 0.55, 5)])
-def test_planned_steps_follow_each_familys_strength_rounding(flux, family, steps, strength, planned):
-    from worker.execute import planned_steps
-
-    params = {"task": "image-to-image", "steps": steps, "strength": strength}
-    assert planned_steps(scheduler(flux), params, family) == planned
-
-
-def test_flux_image_to_image_progress_counts_every_step(flux):
-    from PIL import Image
-
-    from worker.execute import run_params
-
-    loaded = load_model("flux", flux, max_rows=8)
-    params = {"task": "image-to-image", "prompt": "a cat", "negative_prompt": None, "steps": 3, "strength": 0.7,
-              "scheduler": "flow_euler", "guidance_scale": 3.5, "num_images": 1, "seed": 1, "width": 32,
-              "height": 32, "true_cfg_scale": 1.0, "max_sequence_length": 16}
-    steps = []
-    run_params(loaded, "flux", params, lambda step, total: steps.append((step, total)),
-               {"image": Image.new("RGB", (32, 32), (200, 10, 10))})
-    assert steps == [(1, 3), (2, 3), (3, 3)]
     loaded.close()

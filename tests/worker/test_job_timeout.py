@@ -13,7 +13,7 @@ from shared.jobs.record import Status
 from shared.jobs.store import JobStore
 from shared.settings import load_settings
 from tests.pipelines.tiny import tiny_ddpm_pipeline
-from worker.execute import load_model
+from worker.loaded_model import load_model
 from worker.pipelines import DiffusionPipeline
 from worker.runner import JobRunner
 

@@ -12,7 +12,7 @@ import torch
 
 from tests.pipelines.tiny import tiny_sd_pipeline
 from worker.batching import BatcherClosed, StepBatcher, StepRequest
-from worker.execute import load_model
+from worker.loaded_model import load_model
 from worker.pipeline_cache import PipelineCache, module_bytes
 from worker.pipelines import DiffusionPipeline
 
