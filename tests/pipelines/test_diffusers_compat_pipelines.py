@@ -79,3 +79,26 @@ def test_ddpm_images_carry_no_autograd_graph(ddpm_saved):
     pipe = DDPMPipeline.from_pretrained(ddpm_saved[1])
     images = pipe(num_inference_steps=2, output_type="pt", generator=tiny.seeded(0)).images
     assert not images.requires_grad and images.grad_fn is None
+
+
+@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "HeunDiscreteScheduler"])
+def test_sdxl_denoising_end_stops_where_diffusers_stops(tmp_path, scheduler):
+    import diffusers
+
+    ref = tiny.tiny_sdxl_pipeline()
+    ref.scheduler = getattr(diffusers, scheduler).from_config(ref.scheduler.config)
+    ref.save_pretrained(tmp_path)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path)
+    args = dict(prompt="a red cat", num_inference_steps=10, denoising_end=0.7, output_type="latent", height=32,
+                width=32)
+    seen: list[float] = []
+
+    def record(_pipe, _i, t, tensors):
+        seen.append(float(t))
+        return tensors
+
+    got = pipe(**args, generator=tiny.seeded(0), callback_on_step_end=record).images
+    want = ref(**args, generator=tiny.seeded(0)).images
+    # 10 "leading" steps of 1000 are 901 … 1; the base keeps t >= round(1000 - 0.7 * 1000) = 300.
+    assert min(seen) == 301 and len(seen) == pipe.num_timesteps
+    assert tiny.max_diff(got, want) < 1e-4

@@ -233,6 +233,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         num_inference_steps: int = 50,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
+        denoising_end: float | None = None,
         guidance_scale: float = 5.0,
         negative_prompt: Prompt | None = None,
         negative_prompt_2: Prompt | None = None,
@@ -275,5 +276,20 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
                                        cond.prompt_embeds.dtype)
         sampling = Sampling(guidance_scale, guidance_rescale, generator, eta, callback_on_step_end,
                             callback_on_step_end_tensor_inputs)
-        latents = self.denoise(latents, scheduler, scheduler.timesteps, cond, sampling)
+        latents = self.denoise(latents, scheduler, steps_before_end(scheduler, denoising_end), cond, sampling)
         return self.finish(latents, output_type, return_dict)
+
+
+def steps_before_end(scheduler: Any, denoising_end: float | None) -> torch.Tensor:
+    """The scheduler's timesteps a base model runs when a refiner takes over at `denoising_end`.
+
+    SDXL's ensemble of expert denoisers (Podell et al. 2023, §2.5): with 0 < f < 1 the base stops at
+    the cut-off t_c = round(T − f·T) of the T training steps and keeps the steps t ≥ t_c (both of a
+    second-order pair); a refiner called with `denoising_start=f` runs the rest. None: every step.
+    """
+    timesteps = scheduler.timesteps
+    if denoising_end is None or not 0 < denoising_end < 1:
+        return timesteps
+    total = scheduler.config.num_train_timesteps
+    cutoff = int(round(total - denoising_end * total))
+    return timesteps[: int((timesteps >= cutoff).sum())]
