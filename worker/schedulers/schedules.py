@@ -303,8 +303,14 @@ TIME_SHIFTS: dict[str, Callable[[float, np.ndarray], np.ndarray]] = {
 
 
 def stretch_to_terminal(sigmas: np.ndarray, terminal: float) -> np.ndarray:
-    """Scale 1 − σ so that the last σ equals `terminal` (LTX-Video's shift_terminal)."""
+    """Scale 1 − σ so that the last σ equals `terminal` (LTX-Video's shift_terminal).
+
+    A grid whose last σ is 1 (one step, or a custom grid ending at 1) has nothing to scale: it is
+    returned as it is instead of dividing by zero into NaN σ (Diffusers 0.42 did; later fixed).
+    """
     one_minus = 1 - sigmas
+    if one_minus[-1] == 0:
+        return sigmas
     return 1 - one_minus / (one_minus[-1] / (1 - terminal))
 
 
