@@ -5,7 +5,7 @@
     python -m kiln_shapes evaluate --model models/kiln-shapes --scheduler dpmpp_2m --steps 20
     python -m kiln_shapes sweep dpmpp_2m:20:100 ddim:20:50 --grid-dir docs/images
     python -m kiln_shapes tune-vae [--steps 600 ...]  # the VAE learns every palette colour (base latents kept)
-    python -m kiln_shapes train-lora [--steps 900 ...]   # train models/kiln-shapes-pink
+    python -m kiln_shapes train-lora [--steps 600 ...]   # train models/kiln-shapes-pink
     python -m kiln_shapes evaluate-lora --adapter models/kiln-shapes-pink --prompts 54
 """
 

@@ -46,7 +46,7 @@ class LoraConfig:
     rank: int = 8
     text_encoder: bool = True  # adapt the text encoder's attention too (TEXT_TARGETS)
     alpha: float = 8.0
-    steps: int = 900
+    steps: int = 600
     batch: int = 32
     lr: float = 3e-3
     warmup: int = 20
