@@ -73,7 +73,8 @@ def jobs_live():
 
 
 def live_row(job: Job) -> dict:
-    return {"id": job.id, "status": job.status.value, "step": job.progress_step, "total": job.progress_total,
+    return {"id": job.id, "status": job.status.value, "terminal": job.status.terminal,
+            "step": job.progress_step, "total": job.progress_total,
             "worker": job.worker, "attempts": job.attempts, "cancel_requested": job.cancel_requested}
 
 

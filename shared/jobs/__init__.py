@@ -1,1 +1,2 @@
-"""Jobs: the request schema, the record and its state machine, and the Redis store."""
+"""Jobs: the request schema, the record and its state machine, the Redis store and its Lua
+scripts, and the queries over its indexes (the job listing, the dashboard overview)."""

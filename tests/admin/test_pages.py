@@ -57,7 +57,7 @@ def test_job_page_shows_parameters_timeline_and_curl(admin, services):
     assert "a lighthouse" in html and "Timeline" in html and "curl -X POST" in html
     assert 'data-reload-when-done' in html
     live = admin.get(f"/admin/jobs/live?id={job.id}&id=nonsense").get_json()
-    assert live == {"jobs": [{"id": job.id, "status": "queued", "step": 0, "total": 0, "worker": None,
+    assert live == {"jobs": [{"id": job.id, "status": "queued", "terminal": False, "step": 0, "total": 0, "worker": None,
                               "attempts": 0, "cancel_requested": False}]}
 
 

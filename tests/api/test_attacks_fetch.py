@@ -18,6 +18,7 @@ import requests
 
 from shared import safehttp
 from shared.errors import InputRefused
+from shared.jobs.record import Job
 from shared.webhooks import WebhookConfig, Webhooks
 
 DRIP_S = 0.1
@@ -106,7 +107,8 @@ def test_webhook_delivery_deadline_holds(hostile_server, redis_url):
                            public_url="http://127.0.0.1:8000", retention_s=60)
     hooks = Webhooks(client, "t", config, secret_for=lambda key_id: "s" * 32)
     started = time.monotonic()
-    outcome = hooks._post(f"{hostile_server}/drip-head", "job_1", "job.succeeded", {"status": "succeeded"})
+    job = Job.from_hash({"id": "job_1", "status": "succeeded"})
+    outcome = hooks._post(f"{hostile_server}/drip-head", "job.succeeded", job)
     assert not outcome["ok"] and "took over" in outcome["error"]
     assert time.monotonic() - started < 1.6
 

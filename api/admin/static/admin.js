@@ -1,7 +1,6 @@
 // Kiln admin: small progressive enhancement. Every page works without it.
 (function () {
   "use strict";
-  const TERMINAL = ["succeeded", "failed", "canceled"];
   const liveUrl = () => document.body.dataset.liveUrl;
 
   function update(el, job) {
@@ -20,7 +19,7 @@
     if (steps) steps.textContent = job.step + "/" + (job.total || "–");
     const worker = el.querySelector('[data-role="worker"]');
     if (worker && job.worker && el.tagName === "TR") worker.textContent = job.worker;
-    if (TERMINAL.includes(job.status)) {
+    if (job.terminal) {  // the server says which statuses are final (Status.terminal)
       el.removeAttribute("data-live");
       const box = el.querySelector('input[name="job_id"]');
       if (box) { box.checked = false; box.disabled = true; }
