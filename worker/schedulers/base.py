@@ -229,12 +229,15 @@ class SchedulerMixin(ConfigMixin):
         """Position of `timestep` in the schedule; the second match when it occurs twice.
 
         Second-order schedulers repeat timesteps; starting at the second copy keeps a pipeline
-        that enters mid-schedule from skipping a σ.
+        that enters mid-schedule from skipping a σ. Float grids (t = 1000 σ) carry float32 rounding
+        (254.00002), so a timestep with no exact match takes the entries equal to it within that
+        rounding: training code passes integer timesteps.
         """
         schedule = self.timesteps if schedule is None else schedule
-        if isinstance(timestep, torch.Tensor):
-            timestep = timestep.to(schedule.device)
+        timestep = torch.as_tensor(timestep, device=schedule.device)
         matches = (schedule == timestep).nonzero()
+        if len(matches) == 0 and schedule.is_floating_point():
+            matches = torch.isclose(schedule, timestep.to(schedule.dtype), rtol=1e-5, atol=1e-5).nonzero()
         if len(matches) == 0:
             raise TimestepNotInScheduleError(f"timestep {float(timestep)} is not in this scheduler's timesteps")
         return int(matches[1 if len(matches) > 1 else 0].item())
