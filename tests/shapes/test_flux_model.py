@@ -50,7 +50,7 @@ def test_it_is_a_schnell_style_flux_pipeline(pipe):
 def test_diffusers_gives_the_same_image_and_timesteps(pipe):
     from diffusers import FluxPipeline
 
-    reference = FluxPipeline.from_pretrained(MODEL, torch_dtype=torch.float32)
+    reference = FluxPipeline.from_pretrained(MODEL, dtype=torch.float32)
     prompt = "a small blue triangle at the top right on a gray background"
     ours = pipe(prompt, generator=torch.Generator().manual_seed(7), **CALL).images
     theirs = reference(prompt, generator=torch.Generator().manual_seed(7), **CALL).images
