@@ -86,3 +86,14 @@ def test_same_numbers_as_diffusers_with_the_same_casting(cls, config, inputs):
         ours, theirs = model(**inputs()).sample, reference(**inputs()).sample
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert not torch.equal(full_precision, ours)  # the storage rounding is real
+
+
+def test_training_under_autocast_as_in_diffusers():
+    """A backward pass through cast layers works under autocast (the cast copies are what autograd
+    keeps), as Diffusers' own layerwise-casting training test runs it."""
+    model = UNet2DConditionModel(**UNET_COND).train()
+    model.enable_layerwise_casting(storage_dtype=torch.float16, compute_dtype=torch.float32)
+    with torch.amp.autocast(device_type="cpu"):
+        loss = model(**unet_cond_inputs()).sample.float().square().mean()
+    loss.backward()
+    assert model.conv_in.weight.dtype == torch.float16

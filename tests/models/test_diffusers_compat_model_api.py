@@ -41,7 +41,8 @@ def checkpointed_classes(model) -> set[str]:
 
 
 @pytest.mark.parametrize("cls,config", [(UNet2DConditionModel, UNET_COND), (UNet2DModel, UNET_2D),
-                                        (UNet2DModel, NCSNPP)], ids=["unet-cond", "unet-2d", "ncsnpp"])
+                                        (UNet2DModel, NCSNPP), (AutoencoderKL, VAE)],
+                         ids=["unet-cond", "unet-2d", "ncsnpp", "vae"])
 def test_the_same_modules_carry_the_checkpointing_switch_as_in_diffusers(cls, config):
     reference = getattr(diffusers, cls.__name__)(**config)
     assert checkpointed_classes(cls(**config)) == checkpointed_classes(reference)
@@ -57,6 +58,21 @@ def test_transformer_checkpointing_gives_the_same_gradients():
         model(**unet_cond_inputs()).sample.square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_vae_checkpointing_gives_the_same_gradients():
+    """The VAE's Encoder / Decoder checkpoint their levels (the levels have no switch of their own)."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = AutoencoderKL(**VAE).train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+            assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
+        sample = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        model(sample).sample.square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0] if grads[0][n] is not None)
 
 
 class CountingProcessor(torch.nn.Module):

@@ -103,6 +103,16 @@ def _layers(spec: BlockSpec, kind: str | None, widths: Sequence[tuple[int, int]]
     return nn.ModuleList(resnets), (nn.ModuleList(attentions) if attend else None)
 
 
+def run_checkpointed(owner: nn.Module, layer: nn.Module, *args: Any) -> Any:
+    """layer(*args), recomputed in the backward pass when `owner`'s `gradient_checkpointing` is on
+    and autograd records; a layer with its own switch on (a `Transformer2DModel`, a mid level inside
+    a VAE encoder) checkpoints its parts itself and is called directly."""
+    if getattr(owner, "gradient_checkpointing", False) and torch.is_grad_enabled() \
+            and not getattr(layer, "gradient_checkpointing", False):
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
 class Level(nn.Module):
     """What every level shares: `gradient_checkpointing`, which recomputes each layer's
     activations in the backward pass (training only; set through the model's
@@ -137,12 +147,7 @@ class Level(nn.Module):
         return sampler(h) if size is None else sampler(h, size)
 
     def run(self, layer: nn.Module, *args: Any) -> torch.Tensor:
-        """layer(*args), recomputed in the backward pass when checkpointing is on (a layer with its
-        own switch, such as a `Transformer2DModel`, checkpoints its blocks itself)."""
-        if getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled() \
-                and not getattr(layer, "gradient_checkpointing", False):
-            return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
-        return layer(*args)
+        return run_checkpointed(self, layer, *args)
 
 
 class DownBlock(Level):
@@ -356,7 +361,8 @@ def freeu(h: torch.Tensor, skip: torch.Tensor, b: float, s: float, threshold: in
 
 
 # One class per Diffusers block name (so module class names read as in Diffusers); each only
-# fixes the attention kind and whether the level takes skips.
+# fixes the attention kind, whether the level takes skips, and whether it has the checkpointing
+# switch (a VAE's levels have none: its Encoder / Decoder checkpoint them, as in Diffusers).
 def _named(base: type[Level], name: str, attention: str | None = None, **attrs: Any) -> type[Level]:
     cls = type(name, (base,), {"attention": attention, "__module__": __name__, "__qualname__": name, **attrs})
     globals()[name] = cls  # importable by name, so pickled models load back
@@ -370,8 +376,8 @@ DOWN_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
     "SkipDownBlock2D": _named(SkipDownBlock, "SkipDownBlock2D"),
     "AttnSkipDownBlock2D": _named(SkipDownBlock, "AttnSkipDownBlock2D", "self"),
     "CrossAttnDownBlock2D": _named(DownBlock, "CrossAttnDownBlock2D", "cross"),
-    "DownEncoderBlock2D": _named(DownBlock, "DownEncoderBlock2D"),
-    "AttnDownEncoderBlock2D": _named(DownBlock, "AttnDownEncoderBlock2D", "self"),
+    "DownEncoderBlock2D": _named(DownBlock, "DownEncoderBlock2D", checkpointable=False),
+    "AttnDownEncoderBlock2D": _named(DownBlock, "AttnDownEncoderBlock2D", "self", checkpointable=False),
 }
 
 MID_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
@@ -386,8 +392,9 @@ UP_BLOCKS: dict[str, Callable[[BlockSpec], nn.Module]] = {
     "SkipUpBlock2D": _named(SkipUpBlock, "SkipUpBlock2D"),
     "AttnSkipUpBlock2D": _named(SkipUpBlock, "AttnSkipUpBlock2D", "self", legacy_groups=True),
     "CrossAttnUpBlock2D": _named(UpBlock, "CrossAttnUpBlock2D", "cross"),
-    "UpDecoderBlock2D": _named(UpBlock, "UpDecoderBlock2D", takes_skips=False),
-    "AttnUpDecoderBlock2D": _named(UpBlock, "AttnUpDecoderBlock2D", "self", takes_skips=False),
+    "UpDecoderBlock2D": _named(UpBlock, "UpDecoderBlock2D", takes_skips=False, checkpointable=False),
+    "AttnUpDecoderBlock2D": _named(UpBlock, "AttnUpDecoderBlock2D", "self", takes_skips=False,
+                                     checkpointable=False),
 }
 
 

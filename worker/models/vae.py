@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from worker.models.unet_blocks import MID_BLOCKS, BlockSpec, build_block, down_levels, up_levels
+from worker.models.unet_blocks import MID_BLOCKS, BlockSpec, build_block, down_levels, run_checkpointed, up_levels
 
 
 def _vae_spec(layers_per_block: int, norm_num_groups: int, act_fn: str, mid_attention: bool) -> BlockSpec:
@@ -41,12 +41,13 @@ class Encoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[-1], eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels, kernel_size=3, padding=1)
+        self.gradient_checkpointing = False  # recompute each level in the backward pass (training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for block in self.down_blocks:
-            h, _ = block(h)
-        h = self.mid_block(h)
+            h, _ = run_checkpointed(self, block, h)
+        h = run_checkpointed(self, self.mid_block, h)
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))
 
 
@@ -67,9 +68,10 @@ class Decoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+        self.gradient_checkpointing = False  # recompute each level in the backward pass (training)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid_block(self.conv_in(z))
+        h = run_checkpointed(self, self.mid_block, self.conv_in(z))
         for block in self.up_blocks:
-            h = block(h)
+            h = run_checkpointed(self, block, h)
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))
