@@ -7,6 +7,10 @@ weights, guidance-distilled like FLUX.1-dev), a small CLIP, a small T5 and a 16-
 
     .venv/bin/python bench/bench_batching_flux.py --jobs 1 2 4 8 --steps 8 --threads 1
     .venv/bin/python bench/bench_batching_flux.py --jobs 8 --steps 8 --threads 1 --lengths 64 128
+    .venv/bin/python bench/bench_batching_flux.py --model models/kiln-shapes-flux --jobs 1 2 4 8 --lengths 32
+
+`--model FOLDER` runs a trained FLUX pipeline instead (the bundled `kiln-shapes-flux`: its
+default steps and T5 length, held-out kiln-shapes prompts, no guidance).
 
 `--lengths` gives the jobs T5 prompt lengths in turn (`max_sequence_length`): with two lengths
 the batcher groups by length (two calls a step); a second table runs the same jobs all at the
@@ -54,10 +58,19 @@ def flux_pipeline(width: int, heads: int, size: int):
                         tokenizer_2=tiny_t5_tokenizer(), transformer=transformer)
 
 
+def prompt_for(k: int, args) -> str:
+    if not args.model:
+        return f"a red cat {k}"
+    from kiln_shapes import data
+
+    held_out = data.split_combinations()[1]
+    return data.caption(data.Scene(*held_out[k % len(held_out)]))
+
+
 def run_one(loaded, k: int, args, length: int, session=None):
     pipe = pipeline_for_task(loaded, "flux", "text-to-image", loaded.pipeline.scheduler.clone(), session)
     with torch.inference_mode():
-        return pipe(prompt=f"a red cat {k}", num_inference_steps=args.steps, guidance_scale=3.5,
+        return pipe(prompt=prompt_for(k, args), num_inference_steps=args.steps, guidance_scale=3.5,
                     height=args.size, width=args.size, max_sequence_length=length,
                     generator=torch.Generator().manual_seed(k), output_type="np").images
 
@@ -105,10 +118,17 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64], help="T5 prompt lengths, in turn")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--model", default="", help="a trained FLUX pipeline folder instead of random tiny widths")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model("flux-bench", flux_pipeline(32, args.heads, args.size), max_rows=64)
+    if args.model:
+        from worker.pipelines import FluxPipeline
+
+        pipeline = FluxPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    else:
+        pipeline = flux_pipeline(32, args.heads, args.size)
+    loaded = load_model("flux-bench", pipeline, max_rows=64)
     pool = ThreadPoolExecutor(max(args.jobs))
     run_one(loaded, 0, args, args.lengths[0])  # warm-up
     batched(pool, loaded, max(args.jobs), args, args.lengths)
