@@ -134,7 +134,7 @@ def main() -> None:
     batched(pool, loaded, max(args.jobs), args, args.lengths)
     params = sum(p.numel() for p in loaded.pipeline.transformer.parameters())
     print(f"FLUX-architecture transformer {params / 1e6:.2f} M params, {args.size}×{args.size} pixels "
-          f"({(args.size // 4) ** 2} image tokens), steps={args.steps}, threads={torch.get_num_threads()}")
+          f"({(args.size // (2 * loaded.pipeline.vae_scale_factor)) ** 2} image tokens), steps={args.steps}, threads={torch.get_num_threads()}")
     table(pool, loaded, args, args.lengths)
     if len(set(args.lengths)) > 1:
         table(pool, loaded, args, [max(args.lengths)])  # as if padded to the longest
