@@ -242,7 +242,8 @@ def _job_params(job: Job) -> JobParams:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "params"
-        raise JobError(f"the job's stored params are not valid: {field}: {first['msg']}", code="invalid_params") from None
+        raise JobError(f"the job's stored params are not valid: {field}: {first['msg']}",
+                       code="invalid_params") from None
 
 
 def _raise_if_not_the_jobs(exc: Exception) -> None:
