@@ -4,15 +4,16 @@ Loaded with `-p bench.diffusers_suite.kiln_swap_pipelines` by `pipelines.py` for
 runs at plugin import, before any test module is collected, so `from diffusers import
 StableDiffusionPipeline, UNet2DConditionModel, DDIMScheduler` in diffusers' test files binds Kiln's
 pipeline, models and schedulers: a pipeline built from those components is Kiln end to end. Only
-names Kiln provides are mapped; everything else (transformers' text encoders, diffusers' test
-helpers, `AysSchedules`) stays as it is.
+names Kiln provides are mapped, and only in the public namespaces a user imports from — as a user
+who changes the import would: diffusers' own modules keep their classes, so a diffusers pipeline Kiln
+does not have (e.g. SDXL img2img) stays diffusers' and runs on the Kiln components it is given.
+Everything else (transformers' text encoders, diffusers' test helpers, `AysSchedules`) stays as it is.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import sys
 
 import diffusers
 
@@ -35,20 +36,11 @@ def kiln_classes() -> dict[str, type]:
     return found
 
 
-def _defining_modules(name: str) -> list:
-    """diffusers' own submodules that define `name` (e.g. `diffusers.models.unets.unet_2d_condition`)."""
-    original = getattr(diffusers, name)
-    home = sys.modules.get(getattr(original, "__module__", ""))
-    return [home] if home is not None else []
-
-
 def install() -> dict[str, type]:
-    """Replace diffusers' classes by Kiln's in every namespace that exposes them; returns the mapping."""
+    """Replace diffusers' classes by Kiln's in the public namespaces that expose them; returns the mapping."""
     mapping = kiln_classes()
     for name, cls in mapping.items():
-        targets = [importlib.import_module(m) for m in _NAMESPACES]
-        targets += _defining_modules(name)
-        for module in targets:
+        for module in map(importlib.import_module, _NAMESPACES):
             if module is diffusers or hasattr(module, name):
                 setattr(module, name, cls)
     return mapping
