@@ -59,8 +59,10 @@ def test_the_catalog_lists_it_with_its_defaults_and_vocabulary(stack):
 def test_both_bundled_models_in_flight_at_once_draw_every_attribute(stack):
     flux_jobs = [stack.submit(model=SHAPES_FLUX_MODEL, prompt=p, seed=SEEDS.get(p, i)) for i, p in enumerate(FLUX_PROMPTS)]
     unet_jobs = [stack.submit(model=SHAPES_MODEL, prompt=p, seed=i) for i, p in enumerate(UNET_PROMPTS)]
+    served = []
     for job, prompt in zip(flux_jobs, FLUX_PROMPTS):
         done, image = image_of(stack, job)
+        served.append(image)
         assert done["params"]["model"] == SHAPES_FLUX_MODEL and image.shape == (64, 64, 3)
         verdict, asked = judge(image), data.scene_from_caption(prompt)
         assert verdict[:5] == (asked.colour, asked.shape, asked.position, asked.size, asked.background), \
@@ -71,3 +73,17 @@ def test_both_bundled_models_in_flight_at_once_draw_every_attribute(stack):
         assert (verdict.colour, verdict.shape, verdict.background) == (asked.colour, asked.shape, asked.background), \
             (prompt, verdict)
 
+    assert np.abs(served[0].astype(int) - direct(FLUX_PROMPTS[0], seed=0).astype(int)).max() <= 1
+
+
+def direct(prompt: str, seed: int) -> np.ndarray:
+    """The pipeline called in this process as the README documents it (8 steps, T5 length 32)."""
+    import torch
+
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(REPO_ROOT / "models" / SHAPES_FLUX_MODEL))
+    with torch.inference_mode():
+        image = pipe(prompt, num_inference_steps=8, max_sequence_length=32, height=64, width=64,
+                     generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    return np.asarray(image)
