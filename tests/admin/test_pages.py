@@ -129,3 +129,17 @@ def test_jobs_page_pages_through_100k_jobs(admin, services):
     searched = admin.get("/admin/jobs?q=no-such-prompt").get_data(as_text=True)
     assert "keep searching older jobs" in searched
     assert admin.get("/admin/").status_code == 200
+
+
+def test_job_page_shows_the_jobs_lora_adapters(admin, services):
+    from shared.ids import new_job_id
+
+    params = {"model": "kiln-shapes", "task": "text-to-image", "prompt": "a large pink circle", "steps": 2,
+              "width": 64, "height": 64, "num_images": 1, "seed": 1,
+              "loras": [{"name": "kiln-shapes-pink", "scale": 0.8}, {"name": "ink", "scale": 1.0}]}
+    job = services.store.create(new_job_id(), "alice", params, "kiln.default")
+    html = admin.get(f"/admin/jobs/{job.id}").get_data(as_text=True)
+    shown = re.search(r'<dd data-role="loras">(.*?)</dd>', html).group(1)
+    assert "kiln-shapes-pink × 0.8" in shown and "ink × 1.0" in shown
+    plain = make_job(services)
+    assert 'data-role="loras"' not in admin.get(f"/admin/jobs/{plain.id}").get_data(as_text=True)
