@@ -24,12 +24,14 @@ def test_api_never_imports_torch():
 def test_models_lists_the_bundled_model_and_schedulers(client):
     body = client.get("/v1/models").json
     names = [m["name"] for m in body["models"]]
-    assert names == ["kiln-shapes", "kiln-ddpm-tiny"]  # the default first
+    assert names == ["kiln-shapes", "kiln-shapes-flux", "kiln-ddpm-tiny"]  # the default first
     shapes = body["models"][0]
     assert shapes["tasks"] == ["text-to-image", "image-to-image", "inpaint"] and "circle" in shapes["vocabulary"]
     assert shapes["defaults"] == {"width": 64, "height": 64, "steps": 20, "scheduler": "dpmpp_2m",
                                   "guidance_scale": 4.0}
-    model = body["models"][1]
+    flux = body["models"][1]
+    assert flux["family"] == "flux" and flux["defaults"]["steps"] == 8 and flux["defaults"]["max_sequence_length"] == 32
+    model = body["models"][2]
     assert model["tasks"] == ["unconditional"]
     assert model["defaults"]["width"] == 32
     assert "dpmpp_2m_karras" in body["schedulers"]
