@@ -82,14 +82,16 @@ def new_flow_scheduler(pipe_scheduler: Any, num_inference_steps: int | None, dev
     """A fresh clone of `pipe_scheduler` with its timesteps set.
 
     Custom `sigmas` are dropped for schedulers that make their own flow σ (`use_flow_sigmas`); `mu`
-    goes only to schedulers that take it.
+    goes only to schedulers that take it and shift dynamically (`use_dynamic_shifting`, kept in the
+    config of a scheduler built from a dynamic one, e.g. Heun from FLUX-dev's Euler config) — the
+    others shift by their static `shift`, as Diffusers' do when they ignore μ.
     """
     scheduler = pipe_scheduler.clone()
     if scheduler.config.get("use_flow_sigmas"):
         sigmas = None
     accepted = inspect.signature(scheduler.set_timesteps).parameters
     kwargs: dict[str, Any] = {"device": device}
-    if mu is not None and "mu" in accepted:
+    if mu is not None and "mu" in accepted and scheduler.config.get("use_dynamic_shifting"):
         kwargs["mu"] = mu
     if sigmas is not None:
         if "sigmas" not in accepted:

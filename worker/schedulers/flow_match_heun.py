@@ -33,21 +33,30 @@ class FlowMatchHeunDiscreteScheduler(HeunStateMixin, FlowMatchSchedulerMixin):
         self._build_flow_tables(shift)
 
     def set_timesteps(
-        self, num_inference_steps: int, device: torch.device | str | None = None, mu: float | None = None
+        self, num_inference_steps: int | None = None, device: torch.device | str | None = None,
+        sigmas: list[float] | np.ndarray | None = None, mu: float | None = None,
     ) -> None:
         """Shifted σ grid, interior points doubled; the final σ is 0.
 
-        Kiln extension: a FLUX-style μ may be passed; the exponential time shift with μ is the
-        static shift with s = e^μ over the unshifted σ range, so the grid is the one
-        FlowMatchEuler builds with `use_dynamic_shifting` and that μ.
+        Kiln extensions (Diffusers' class takes neither, so its FLUX pipeline cannot use it):
+        `sigmas`, an unshifted grid in (0, 1] such as FLUX's linspace(1, 1/n, n), shifted as
+        FlowMatchEuler shifts custom sigmas; and a FLUX-style μ, whose exponential time shift is the
+        static shift with s = e^μ, so the grid is the one FlowMatchEuler builds with
+        `use_dynamic_shifting` and that μ.
         """
         T = self.config.num_train_timesteps
-        n = check_num_steps(num_inference_steps, T)
-        if mu is None:
-            sig = shift_sigmas(self._default_sigmas(n), self.config.shift)
+        shift = self.config.shift if mu is None else math.exp(mu)
+        if sigmas is not None:
+            base = np.asarray(sigmas, dtype=np.float64)
+            if base.ndim != 1 or not len(base) or not np.all((base > 0) & (base <= 1)):
+                raise ValueError("sigmas must be a non-empty 1-D sequence of values in (0, 1]")
+            n = len(base)
         else:
-            sig = shift_sigmas(np.linspace(T, 1, n) / T, math.exp(mu))
-        sig = torch.from_numpy(sig).to(torch.float32)
+            if num_inference_steps is None:
+                raise ValueError("set_timesteps needs num_inference_steps or sigmas")
+            n = check_num_steps(num_inference_steps, T)
+            base = self._default_sigmas(n) if mu is None else np.linspace(T, 1, n) / T
+        sig = torch.from_numpy(np.asarray(shift_sigmas(base, shift))).to(torch.float32)
         ts = sig * T
         self.num_inference_steps = n
         self._finish(repeat_interior(ts, keep_last=False), repeat_interior(torch.cat([sig, torch.zeros(1)]), True),
