@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from kiln_shapes import flux_models
+from kiln_shapes import checkpoint, flux_models
 from kiln_shapes.flux_tokenizer import MAX_SEQUENCE_LENGTH, build_t5_tokenizer
 from kiln_shapes.tokenizer import build_tokenizer
 from kiln_shapes.train import cached_latents, load_vae, log_progress, lr_at, make_dataset, set_lr, tokenize, update_ema
@@ -147,26 +147,14 @@ def initial_state(cfg: FluxTrainConfig, clip_tokenizer: Any, t5_tokenizer: Any) 
 
 def maybe_checkpoint(cfg: FluxTrainConfig, state: dict[str, Any], force: bool = False) -> None:
     """Write `checkpoint.pt` atomically every `checkpoint_every` steps (or when forced)."""
-    if not force and state["step"] % cfg.checkpoint_every:
-        return
-    payload = {name: state[name].state_dict() for name in CHECKPOINTED}
-    payload.update(step=state["step"], config=asdict(cfg))
-    path = Path(cfg.work_dir) / "checkpoint.pt"
-    torch.save(payload, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-    logger.info("checkpoint: step %d -> %s", state["step"], path)
+    if force or not state["step"] % cfg.checkpoint_every:
+        checkpoint.save(cfg.work_dir, state, CHECKPOINTED, step=state["step"], config=asdict(cfg))
 
 
 def resume(cfg: FluxTrainConfig, state: dict[str, Any]) -> None:
     """Load `checkpoint.pt` from `cfg.work_dir` into `state`, if there is one."""
-    path = Path(cfg.work_dir) / "checkpoint.pt"
-    if not path.exists():
-        return
-    payload = torch.load(path, map_location=cfg.device, weights_only=False)
-    for name in CHECKPOINTED:
-        state[name].load_state_dict(payload[name])
-    state["step"] = payload["step"]
-    logger.info("resumed from %s: step %d", path, state["step"])
+    if payload := checkpoint.load(cfg.work_dir, state, CHECKPOINTED, cfg.device):
+        state["step"] = payload["step"]
 
 
 def prepare(cfg: FluxTrainConfig) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kiln_shapes import data, models
+from kiln_shapes import checkpoint, data, models
 from kiln_shapes.tokenizer import MAX_LENGTH, build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -254,14 +254,8 @@ CHECKPOINTED = ("vae", "vae_opt", "text_encoder", "unet", "ema_unet", "ema_text_
 
 def maybe_checkpoint(cfg: TrainConfig, state: dict[str, Any], force: bool = False) -> None:
     """Write `checkpoint.pt` atomically every `checkpoint_every` steps (or when forced)."""
-    if not force and state["step"] % cfg.checkpoint_every:
-        return
-    payload = {name: state[name].state_dict() for name in CHECKPOINTED}
-    payload.update(phase=state["phase"], step=state["step"], config=asdict(cfg))
-    path = Path(cfg.work_dir) / "checkpoint.pt"
-    torch.save(payload, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-    logger.info("checkpoint: %s step %d -> %s", state["phase"], state["step"], path)
+    if force or not state["step"] % cfg.checkpoint_every:
+        checkpoint.save(cfg.work_dir, state, CHECKPOINTED, phase=state["phase"], step=state["step"], config=asdict(cfg))
 
 
 def initial_state(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
@@ -305,14 +299,8 @@ def load_trained(folder: str, unet: torch.nn.Module, text_encoder: torch.nn.Modu
 
 def resume(cfg: TrainConfig, state: dict[str, Any]) -> None:
     """Load `checkpoint.pt` from `cfg.work_dir` into `state`, if there is one."""
-    path = Path(cfg.work_dir) / "checkpoint.pt"
-    if not path.exists():
-        return
-    payload = torch.load(path, map_location=cfg.device, weights_only=False)
-    for name in CHECKPOINTED:
-        state[name].load_state_dict(payload[name])
-    state["phase"], state["step"] = payload["phase"], payload["step"]
-    logger.info("resumed from %s: %s step %d", path, state["phase"], state["step"])
+    if payload := checkpoint.load(cfg.work_dir, state, CHECKPOINTED, cfg.device):
+        state["phase"], state["step"] = payload["phase"], payload["step"]
 
 
 # ---------------------------------------------------------------------------------------- export
