@@ -18,7 +18,7 @@ from typing import Callable
 
 import redis
 
-from shared.workers import WorkerRegistry
+from shared.workers import WorkerRegistry, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def route(registry: WorkerRegistry, broker: redis.Redis, model: str, shared_queu
     """The queue for a job of `model`: a holder's direct queue if one has room, else the shared one."""
     best, best_room = None, 0
     for worker in registry.list():
-        if worker.stale or worker.state != "online" or model not in worker.models:
+        if worker.stale or worker.state != WorkerState.READY or model not in worker.models:
             continue
         room = worker.slots - len(worker.running_jobs) - broker.llen(direct_queue(worker.id))
         if room > best_room:

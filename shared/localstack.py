@@ -222,11 +222,11 @@ def worker_ready(redis_url: str) -> bool:
     """True once a worker's heartbeat says it is ready (default model loaded)."""
     import redis
 
-    from shared.workers import WorkerRegistry
+    from shared.workers import WorkerRegistry, WorkerState
 
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
     try:
-        return any(w.state == "online" and not w.stale for w in WorkerRegistry(client).list())
+        return any(w.state == WorkerState.READY and not w.stale for w in WorkerRegistry(client).list())
     except redis.RedisError:  # restarting, replaying its AOF …: not ready
         return False
     finally:

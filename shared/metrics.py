@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.jobs.record import Status
+from shared.workers import WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def bind_pipeline_cache(cache: CacheLike, budget_bytes: int | None = None) -> No
 
 
 # --- cluster state (API) ----------------------------------------------------------------------
-WORKER_STATES = ("online", "stopping", "stale")  # shared.workers: heartbeat states, stale = silent
+WORKER_STATES = (*(s.value for s in WorkerState), "stale")  # heartbeat states, and stale = silent
 class ClusterCollector(Collector):
     """Jobs by status and queue depths, read from Redis at scrape time.
 

@@ -7,6 +7,7 @@ in the set is stale: it stopped heartbeating (crashed, or its machine went away)
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,18 @@ from typing import Any
 import redis
 
 from shared.redis_keys import DEFAULT_PREFIX, RedisKeys
+
+
+class WorkerState(str, enum.Enum):
+    """A worker's lifecycle state, as its heartbeat reports it (`WorkerStatus.state`).
+
+    READY is reported as "online": the name the dashboard, affinity routing and `/metrics` know.
+    """
+
+    STARTING = "starting"
+    READY = "online"
+    DRAINING = "draining"
+    STOPPING = "stopping"
 
 
 @dataclass
@@ -26,7 +39,7 @@ class WorkerStatus:
     queues: list[str]
     slots: int
     started_at: float
-    state: str = "online"  # online | stopping
+    state: str = WorkerState.READY.value  # a WorkerState value (plain text in the stored JSON)
     models: list[str] = field(default_factory=list)
     memory_bytes: int = 0
     memory_budget_bytes: int = 0

@@ -12,7 +12,6 @@ worker's status and lifecycle state), and moves through `WorkerState`:
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import os
@@ -30,7 +29,7 @@ from shared.celery_app import RUN_JOB_TASK, enqueue_job, make_celery
 from shared.logging import set_worker_id
 from shared.metrics import bind_pipeline_cache, describe_worker
 from shared.settings import Settings, get_settings
-from shared.workers import WorkerRegistry, WorkerStatus
+from shared.workers import WorkerRegistry, WorkerState, WorkerStatus
 from worker.device import Placement, choose_placement
 from worker.loaded_model import LoadedModel, call_cost_cap, load_model
 from worker.faults import DeviceBroken, InfrastructureUnavailable
@@ -43,18 +42,6 @@ from worker.runner import JobRunner, new_worker_id
 logger = logging.getLogger("kiln.worker")
 
 EXIT_DEVICE_BROKEN = 70  # the exit status of a worker whose device failed; its supervisor restarts it
-
-
-class WorkerState(str, enum.Enum):
-    """A worker's lifecycle state, as its heartbeat reports it (`WorkerStatus.state`).
-
-    READY is reported as "online": the name the dashboard, affinity routing and `/metrics` know.
-    """
-
-    STARTING = "starting"
-    READY = "online"
-    DRAINING = "draining"
-    STOPPING = "stopping"
 
 
 def retry_countdown(retries: int) -> float:

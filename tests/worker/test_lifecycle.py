@@ -9,7 +9,8 @@ from shared.celery_app import make_celery
 from shared.jobs.store import JobStore
 from shared.settings import load_settings
 from shared.workers import WorkerRegistry
-from worker.app import EXIT_DEVICE_BROKEN, StatusReporter, WorkerProcess, WorkerState, retry_countdown
+from shared.workers import WorkerState
+from worker.app import EXIT_DEVICE_BROKEN, StatusReporter, WorkerProcess, retry_countdown
 from worker.faults import DeviceBroken, InfrastructureUnavailable
 from worker.heartbeat import Heartbeat
 
