@@ -344,5 +344,5 @@ def _load_components(files: PipelineFiles, torch_dtype: DtypeSpec, passed: Mappi
             continue
         variant = files.plan.components[name].variant
         loaded[name] = kind.load(kind.cls, files.folder / name, _dtype_for(name, torch_dtype), variant)
-    return loaded
         LOADING.info("Loaded %s as %s from `%s` subfolder of %s.", name, class_name, name, files.folder)
+    return loaded
