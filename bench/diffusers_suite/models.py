@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.diffusers_suite.pipelines import outcomes, report
+from bench.diffusers_suite.results import outcomes, report
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FILES = (

@@ -18,9 +18,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
-from collections import defaultdict
 from pathlib import Path
+
+from bench.diffusers_suite.results import outcomes, report
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FILES = (
@@ -57,39 +57,6 @@ def run_pytest(suite: Path, files: list[str], junit: Path, hub: Path, kiln: bool
     if keyword:
         cmd += ["-k", keyword]
     subprocess.run(cmd, cwd=suite, env=env, check=False)
-
-
-def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
-    """test id -> (passed | failed | skipped, first line of the failure message)."""
-    results = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        test_id = f"{case.get('classname')}::{case.get('name')}"
-        status, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error"):
-                status, message = "failed", (child.get("message") or child.text or "").strip()
-            elif child.tag == "skipped":
-                status, message = "skipped", child.get("message") or ""
-        results[test_id] = (status, message.splitlines()[0][:160] if message else "")
-    return results
-
-
-def report(reference: dict, kiln: dict) -> str:
-    """The comparison table: counted tests, Kiln's passes, and Kiln's failures grouped by message."""
-    counted = sorted(t for t, (status, _) in reference.items() if status == "passed")
-    passed = [t for t in counted if kiln.get(t, ("missing", ""))[0] == "passed"]
-    groups: dict[str, list[str]] = defaultdict(list)
-    for test in counted:
-        status, message = kiln.get(test, ("missing", "not run"))
-        if status != "passed":
-            groups[message or status].append(test.rsplit(".", 1)[-1])
-    share = 100 * len(passed) / len(counted) if counted else 0.0
-    lines = [f"collected: {len(reference)}  pass on diffusers: {len(counted)}  "
-             f"of those pass on Kiln: {len(passed)} ({share:.0f} %)"]
-    for message, tests in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"\n[{len(tests)}] {message}")
-        lines += [f"    {t}" for t in tests]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

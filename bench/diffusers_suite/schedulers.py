@@ -24,9 +24,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
-from collections import defaultdict
 from pathlib import Path
+
+from bench.diffusers_suite.results import outcomes, report
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM_ENV = "KILN_SHIM"
@@ -133,51 +133,10 @@ def run_side(suite: Path, out: Path, name: str, kiln: bool, args: argparse.Names
     return merged
 
 
-def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
-    """test id -> (passed | failed | skipped, first line of the failure message)."""
-    results = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        test_id = f"{case.get('classname')}::{case.get('name')}"
-        status, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error"):
-                status, message = "failed", (child.get("message") or child.text or "").strip()
-            elif child.tag == "skipped":
-                status, message = "skipped", child.get("message") or ""
-        results[test_id] = (status, message.splitlines()[0][:200] if message else "")
-    return results
-
-
 def not_kiln(test_id: str) -> bool:
     """True for collected tests that exercise no Kiln class (left out of the count)."""
     cls, _, name = test_id.rpartition("::")
     return cls.rsplit(".", 1)[-1] in NOT_KILN_CLASSES or name in NOT_KILN_TESTS
-
-
-def report(reference: dict, kiln: dict) -> str:
-    """The comparison: counted tests, Kiln's passes, and Kiln's failures grouped by message."""
-    kept = {t: v for t, v in reference.items() if not not_kiln(t)}
-    counted = sorted(t for t, (status, _) in kept.items() if status == "passed")
-    passed = [t for t in counted if kiln.get(t, ("missing", ""))[0] == "passed"]
-    groups: dict[str, list[str]] = defaultdict(list)
-    for t in counted:
-        status, message = kiln.get(t, ("missing", "not collected"))
-        if status != "passed":
-            groups[message or status].append(t)
-    share = 100.0 * len(passed) / len(counted) if counted else 0.0
-    lines = [
-        f"collected (Kiln classes): {len(kept)}  (left out, no Kiln class: {len(reference) - len(kept)})",
-        f"pass on diffusers:        {len(counted)}",
-        f"of those pass on Kiln:    {len(passed)}  ({share:.1f} %)",
-    ]
-    failing_ref = sorted(t for t, (status, _) in kept.items() if status != "passed")
-    if failing_ref:
-        lines.append(f"\nnot counted (fail or skip on diffusers itself): {len(failing_ref)}")
-        lines += [f"  {t}: {kept[t][1]}" for t in failing_ref]
-    for message, tests in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"\n[{len(tests)}] {message}")
-        lines += [f"    {t}" for t in tests]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             for junit in saved:
                 junit.unlink()
             runs[name] = run_side(suite, out, name, kiln, args)
-    print(report(runs["diffusers"], runs["kiln"]))
+    print(report(runs["diffusers"], runs["kiln"], left_out=not_kiln))
     print(f"\njunit files: {out}")
     return 0
 
