@@ -116,8 +116,9 @@ def test_concurrent_jobs_with_different_adapters(served, sd_folder):
     from worker.pipelines import DiffusionPipeline
 
     loaded = load_model("tiny-sd", DiffusionPipeline.from_pretrained(sd_folder), max_rows=32)
-    jobs = [request(served, seed=s, loras=loras) for s, loras in enumerate(
-        [[{"name": "ink"}], [], [{"name": "neon", "scale": 0.7}, {"name": "clay", "scale": 0.5}], [{"name": "clay"}]])]
+    mixes = [[{"name": "ink"}], [], [{"name": "neon", "scale": 0.7}, {"name": "clay", "scale": 0.5}], [{"name": "clay"}]]
+    schedulers = ["ddim", "euler", "dpmpp_2m", "euler_a"]  # each job its own sampler, in one batch
+    jobs = [request(served, seed=s, loras=loras, scheduler=schedulers[s]) for s, loras in enumerate(mixes)]
     results, barrier = {}, threading.Barrier(len(jobs))
 
     def run(i):
