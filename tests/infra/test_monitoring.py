@@ -28,7 +28,7 @@ def _families(registry: CollectorRegistry):
 
 def exposed_names() -> set[str]:
     """Every sample name Kiln's API and workers can expose."""
-    fake_store = SimpleNamespace(count=lambda status: 0, prefix="kiln",
+    fake_store = SimpleNamespace(count=lambda status: 0, prefix="kiln", index_key=lambda status: f"kiln:{status}",
                                  redis=SimpleNamespace(zrange=lambda *a, **k: []))
     fake_broker = SimpleNamespace(llen=lambda queue: 0)
     fake_fair = SimpleNamespace(queues=lambda: [], waiting=lambda queue: 0)
