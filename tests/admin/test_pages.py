@@ -143,3 +143,10 @@ def test_job_page_shows_the_jobs_lora_adapters(admin, services):
     assert "kiln-shapes-pink × 0.8" in shown and "ink × 1.0" in shown
     plain = make_job(services)
     assert 'data-role="loras"' not in admin.get(f"/admin/jobs/{plain.id}").get_data(as_text=True)
+
+
+def test_jobs_page_offers_every_catalog_model_as_a_filter(admin, services):
+    html = admin.get("/admin/jobs").get_data(as_text=True)
+    names = services.catalog.names()
+    assert "kiln-shapes-flux" in names  # the bundled catalog of a full checkout
+    assert all(f'<option value="{name}"' in html for name in names)
