@@ -12,45 +12,29 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 
 from kiln_shapes import data
+from kiln_shapes.config_flags import add_config_flags, config_from
 from kiln_shapes.train import TrainConfig, run
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
-    for field in dataclasses.fields(config):
-        kind = _flag if isinstance(field.default, bool) else type(field.default)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
-
-
-def _flag(text: str) -> bool:
-    """A boolean option's value: true/false, yes/no, 1/0."""
-    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "yes", "1")
-
-
 def _train(args: argparse.Namespace) -> None:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    run(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    run(config_from(args, TrainConfig))
 
 
 def _train_lora(args: argparse.Namespace) -> None:
     from kiln_shapes.lora_train import LoraConfig, train_lora
 
-    names = {f.name for f in dataclasses.fields(LoraConfig)}
-    print(train_lora(LoraConfig(**{k: v for k, v in vars(args).items() if k in names})))
+    print(train_lora(config_from(args, LoraConfig)))
 
 
 def _tune_vae(args: argparse.Namespace) -> None:
     from kiln_shapes.vae_palette import VaeTuneConfig, reconstruction_scores, tune_vae
 
-    names = {f.name for f in dataclasses.fields(VaeTuneConfig)}
-    folder = tune_vae(VaeTuneConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    folder = tune_vae(config_from(args, VaeTuneConfig))
     for colours in (["pink"], list(data.COLOURS)):
         print(colours, json.dumps(reconstruction_scores(str(folder), colours)))
 
@@ -67,9 +51,7 @@ def _evaluate_lora(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from kiln_shapes.train import export_checkpoint
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    export_checkpoint(cfg, weights=args.weights, scaling_factor=args.scaling_factor)
+    export_checkpoint(config_from(args, TrainConfig), weights=args.weights, scaling_factor=args.scaling_factor)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -95,17 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kiln_shapes")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train the model and export it")
-    _add_config_flags(train)
+    add_config_flags(train, TrainConfig)
     train.set_defaults(handler=_train)
     train_lora = commands.add_parser("train-lora", help="train a colour LoRA adapter on the frozen base model")
     from kiln_shapes.lora_train import LoraConfig
 
-    _add_config_flags(train_lora, LoraConfig)
+    add_config_flags(train_lora, LoraConfig)
     train_lora.set_defaults(handler=_train_lora)
     tune_vae = commands.add_parser("tune-vae", help="teach the VAE every palette colour, base latents anchored")
     from kiln_shapes.vae_palette import VaeTuneConfig
 
-    _add_config_flags(tune_vae, VaeTuneConfig)
+    add_config_flags(tune_vae, VaeTuneConfig)
     tune_vae.set_defaults(handler=_tune_vae)
     evaluate_lora = commands.add_parser("evaluate-lora", help="held-out pink prompts with and without the adapter")
     evaluate_lora.add_argument("--model", default="models/kiln-shapes")
@@ -118,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_lora.add_argument("--grid-dir", default=None, help="write kiln-shapes-pink-with/without.png here")
     evaluate_lora.set_defaults(handler=_evaluate_lora)
     export = commands.add_parser("export", help="export the pipeline from a training checkpoint")
-    _add_config_flags(export)
+    add_config_flags(export, TrainConfig)
     export.add_argument("--weights", choices=("ema", "raw"), default="ema")
     export.add_argument("--scaling-factor", type=float, default=None, help="default: from work-dir/latents.pt")
     export.set_defaults(handler=_export)

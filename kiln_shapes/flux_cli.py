@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
+from kiln_shapes.config_flags import add_config_flags, config_from
 from kiln_shapes.flux_train import FluxTrainConfig
 
 
 def _config(args: argparse.Namespace) -> FluxTrainConfig:
-    names = {f.name for f in dataclasses.fields(FluxTrainConfig)}
-    return FluxTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return config_from(args, FluxTrainConfig)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -29,17 +28,12 @@ def _export(args: argparse.Namespace) -> None:
     print(export_checkpoint(_config(args), weights=args.weights))
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for field in dataclasses.fields(FluxTrainConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `train-flux` and `export-flux` to the command line's subparsers."""
     train = commands.add_parser("train-flux", help="train the FLUX-architecture model and export it")
-    _add_config_flags(train)
+    add_config_flags(train, FluxTrainConfig)
     train.set_defaults(handler=_train)
     export = commands.add_parser("export-flux", help="export the FLUX pipeline from a training checkpoint")
-    _add_config_flags(export)
+    add_config_flags(export, FluxTrainConfig)
     export.add_argument("--weights", choices=("ema", "raw"), default="ema")
     export.set_defaults(handler=_export)
