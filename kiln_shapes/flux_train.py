@@ -27,7 +27,8 @@ import torch
 from kiln_shapes import checkpoint, flux_models
 from kiln_shapes.flux_tokenizer import MAX_SEQUENCE_LENGTH, build_t5_tokenizer
 from kiln_shapes.tokenizer import build_tokenizer
-from kiln_shapes.train import cached_latents, load_vae, log_progress, lr_at, make_dataset, set_lr, tokenize, update_ema
+from kiln_shapes.train import (cached_latents, ema_decay_at, load_vae, log_progress, lr_at, make_dataset, optimise,
+                               set_lr, tokenize, update_ema)
 from worker.pipelines.flow import latent_image_ids, pack_latents, text_ids
 
 logger = logging.getLogger(__name__)
@@ -116,11 +117,8 @@ def train_flux(cfg: FluxTrainConfig, state: dict[str, Any]) -> None:
         gen = step_generator(cfg, step)
         set_lr(state["optimizer"], lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
         loss = flow_loss(cfg, state, sample_batch(cfg, state, gen), gen)
-        state["optimizer"].zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        state["optimizer"].step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
+        optimise(state["optimizer"], loss, params)
+        decay = ema_decay_at(step, cfg.ema_decay)
         for name in names:
             update_ema(state["ema_" + name], state[name], decay)
         state["step"] = step + 1

@@ -24,7 +24,7 @@ import torch
 
 from kiln_shapes import data, models
 from kiln_shapes.tokenizer import MAX_LENGTH
-from kiln_shapes.train import lr_at, min_snr_weights, set_lr
+from kiln_shapes.train import lr_at, min_snr_weights, optimise, set_lr
 
 logger = logging.getLogger(__name__)
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -142,10 +142,7 @@ def train_lora(cfg: LoraConfig) -> Path:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         set_lr(optimiser, lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
         loss = lora_loss(cfg, pipe, encoded, alphas_cumprod, gen)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tensors, 1.0)
-        optimiser.step()
+        optimise(optimiser, loss, tensors)
         if (step + 1) % 10 == 0:
             logger.info("step %d/%d loss %.5f (%.2f s/step)", step + 1, cfg.steps, loss.item(),
                         (time.monotonic() - started) / (step + 1))

@@ -96,6 +96,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """One update: gradients of `loss`, clipped to norm 1 over `params`, then the optimizer's step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay at `step`, warmed up from 0.1 so early averages are not stuck at the initial weights."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 # ---------------------------------------------------------------------------------------- VAE
 def object_pixels(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) 1.0 where a drawn scene differs from its background (its corner pixel, which no
@@ -223,11 +236,8 @@ def train_unet(cfg: TrainConfig, state: dict[str, Any]) -> None:
         gen = step_generator(cfg, "unet", step)
         set_lr(optimizer, lr_at(step, cfg.unet_lr, cfg.warmup, cfg.unet_steps))
         loss = unet_loss(cfg, state, unet_batch(cfg, state, gen), gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
+        optimise(optimizer, loss, params)
+        decay = ema_decay_at(step, cfg.ema_decay)
         update_ema(state["ema_unet"], state["unet"], decay)
         update_ema(state["ema_text_encoder"], state["text_encoder"], decay)
         state["step"] = step + 1

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kiln_shapes import data, evaluate
-from kiln_shapes.train import lr_at, object_pixels, set_lr
+from kiln_shapes.train import lr_at, object_pixels, optimise, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,7 @@ def tune_vae(cfg: VaeTuneConfig) -> Path:
         idx = torch.randint(0, len(images), (cfg.batch,), generator=gen)
         set_lr(optimiser, lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
         loss = palette_loss(vae, anchor, images[idx], base[idx], gen, cfg)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
+        optimise(optimiser, loss, params)
         if (step + 1) % 20 == 0:
             logger.info("vae step %d/%d loss %.5f (%.2f s/step)", step + 1, cfg.steps, loss.item(),
                         (time.monotonic() - started) / (step + 1))
