@@ -234,10 +234,18 @@ def sweep(model: str, settings: list[tuple[str, int, int]], guidance_scale: floa
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Rows of `sweep` as a Markdown table (accuracies in percent)."""
-    lines = ["| scheduler | steps | prompts | " + " | ".join(FIELDS) + " |", "|---" * (3 + len(FIELDS)) + "|"]
+def percent_table(rows: list[dict], labels: tuple[str, ...], fields: tuple[str, ...],
+                  headers: dict[str, str] | None = None) -> str:
+    """A Markdown table: the `labels` columns as they are, the `fields` columns (shares) in percent;
+    `headers` renames columns."""
+    names = [(headers or {}).get(c, c) for c in (*labels, *fields)]
+    lines = ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
     for row in rows:
-        cells = [row["scheduler"], str(row["steps"]), str(row["prompts"]), *(f"{100 * row[f]:.0f} %" for f in FIELDS)]
+        cells = [str(row[c]) for c in labels] + [f"{100 * row[f]:.0f} %" for f in fields]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of `sweep` as a Markdown table (accuracies in percent)."""
+    return percent_table(rows, ("scheduler", "steps", "prompts"), FIELDS)

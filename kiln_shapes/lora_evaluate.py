@@ -14,7 +14,7 @@ from typing import Any
 from kiln_shapes import data
 import numpy as np
 
-from kiln_shapes.evaluate import colour_error, generate, save_grid, score
+from kiln_shapes.evaluate import colour_error, generate, percent_table, save_grid, score
 from kiln_shapes.lora_train import colour_split
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,4 @@ def evaluate_adapter(base: str, adapter: str, adapter_name: str = "kiln-shapes-p
 def markdown_table(rows: list[dict]) -> str:
     """Rows of `evaluate_adapter` as a Markdown table (accuracies in percent)."""
     fields = ("colour", "colour_close", "shape", "position", "size", "background")
-    header = [f"colour ΔE ≤ {CLOSE_DELTA_E:g}" if f == "colour_close" else f for f in fields]
-    lines = ["| setting | prompts | " + " | ".join(header) + " |", "|---" * (2 + len(fields)) + "|"]
-    for row in rows:
-        cells = [row["setting"], str(row["prompts"]), *(f"{100 * row[f]:.0f} %" for f in fields)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return percent_table(rows, ("setting", "prompts"), fields, {"colour_close": f"colour ΔE ≤ {CLOSE_DELTA_E:g}"})
