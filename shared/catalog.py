@@ -252,6 +252,11 @@ SHAPES_VOCABULARY = [
 SHAPES_PROMPTS = ("Prompts like 'a small red circle at the top left on a white background'; the vocabulary "
                   "lists the words it knows.")
 
+# Plain FLUX.1 [schnell]-style (no embedded guidance, no CFG): one transformer pass per step. The T5
+# length is the one it was trained with — FLUX has no text attention mask, so padding counts.
+FLUX_SHAPES_DEFAULTS = dict(default_width=64, default_height=64, default_steps=8, default_scheduler="flow_euler",
+                            default_guidance_scale=0.0, default_max_sequence_length=32)
+
 
 def _bundled(name: str, marker: str = "model_index.json") -> Path | None:
     """`models/<name>` of the checkout when it holds `marker`, else None (a trimmed checkout)."""
@@ -295,12 +300,6 @@ def bundled_specs(settings: Settings) -> list[ModelSpec]:
     return specs
 
 
-# Plain FLUX.1 [schnell]-style (no embedded guidance, no CFG): one transformer pass per step. The T5
-# length is the one it was trained with — FLUX has no text attention mask, so padding counts.
-FLUX_SHAPES_DEFAULTS = dict(default_width=64, default_height=64, default_steps=8, default_scheduler="flow_euler",
-                            default_guidance_scale=0.0, default_max_sequence_length=32)
-
-
 def bundled_loras() -> list[LoraSpec]:
     """The adapters Kiln ships: `kiln-shapes-pink` (the colour word pink for kiln-shapes)."""
     if not (pink := _bundled(SHAPES_PINK_LORA, "pytorch_lora_weights.safetensors")):
@@ -315,7 +314,7 @@ def load_catalog(settings: Settings) -> Catalog:
     """The catalog from `KILN_MODELS_FILE`, or the bundled one."""
     if settings.models_file is None:
         specs = bundled_specs(settings)
-        return Catalog(specs, [lora for lora in bundled_loras() if lora.base in {s.name for s in specs}])
+        return Catalog(specs, [lora for lora in bundled_loras() if any(lora.fits(spec) for spec in specs)])
     path = Path(settings.models_file)
     try:
         data = json.loads(path.read_text())

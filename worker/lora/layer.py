@@ -12,8 +12,9 @@ the call is a slot whose A is its adapters' A stacked along the rank and whose B
 weighted, α/r-scaled B side by side (zero-padded to the largest total rank; the empty set is all
 zeros), built once per (routing, adapters) and reused by every step of a batch; each row gathers
 its slot. Otherwise (convolutions, or no routing) each adapter gets one grouped matmul over only
-the rows that use it (gather, A then B, scatter-add). Rows with no adapter add nothing. Which rows use which adapters comes from `worker.lora.routing` (per call); without a
-routing context every row uses the layer's own active set (`set_active`).
+the rows that use it (gather, A then B, scatter-add). Rows with no adapter add nothing. Which rows
+use which adapters comes from `worker.lora.routing` (per call); without a routing context every row
+uses the layer's own active set (`set_active`).
 
 The layers are subclasses of the layer they replace and share its Parameters, so state-dict keys,
 `isinstance` checks and attributes (`in_features`, `kernel_size`, ...) are unchanged; adapter

@@ -69,18 +69,20 @@ class AdapterRows:
         """(batch,) index into `slots` of each row's adapter set (rows tiled as in `groups`)."""
         key = ("slots", batch, str(device))
         if key not in self._groups:
-            if batch % len(self.rows):
-                raise LoraError(f"a batch of {batch} rows is not a multiple of the {len(self.rows)} rows "
-                                "given to adapter_rows")
+            self._check_tiling(batch)
             position = {row: i for i, row in enumerate(self.slots)}
             self._groups[key] = torch.tensor([position[self.rows[n % len(self.rows)]] for n in range(batch)],
                                              device=device)
         return self._groups[key]
 
+    def _check_tiling(self, batch: int) -> None:
+        if batch % len(self.rows):
+            raise LoraError(f"a batch of {batch} rows is not a multiple of the {len(self.rows)} rows given to "
+                            "adapter_rows")
+
     def _build(self, batch: int, device: torch.device) -> list[Group]:
+        self._check_tiling(batch)
         R = len(self.rows)
-        if batch % R:
-            raise LoraError(f"a batch of {batch} rows is not a multiple of the {R} rows given to adapter_rows")
         members: dict[str, tuple[list[int], list[float]]] = {}
         for n in range(batch):
             for name, weight in self.rows[n % R]:
