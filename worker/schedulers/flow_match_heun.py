@@ -16,7 +16,7 @@ import torch
 from worker.runtime.configuration import register_to_config
 
 from .base import Generator
-from .flow_match import FlowMatchSchedulerMixin, check_float_timestep
+from .flow_match import FlowMatchSchedulerMixin, check_float_timestep, custom_grid_length
 from .heun import HeunStateMixin, repeat_interior
 from .sampling import churn, churn_gamma
 from .schedules import check_num_steps, shift_sigmas
@@ -46,15 +46,13 @@ class FlowMatchHeunDiscreteScheduler(HeunStateMixin, FlowMatchSchedulerMixin):
         """
         T = self.config.num_train_timesteps
         shift = self.config.shift if mu is None else math.exp(mu)
+        n = custom_grid_length(num_inference_steps, None, sigmas)
         if sigmas is not None:
             base = np.asarray(sigmas, dtype=np.float64)
-            if base.ndim != 1 or not len(base) or not np.all((base > 0) & (base <= 1)):
+            if base.ndim != 1 or not n or not np.all((base > 0) & (base <= 1)):
                 raise ValueError("sigmas must be a non-empty 1-D sequence of values in (0, 1]")
-            n = len(base)
         else:
-            if num_inference_steps is None:
-                raise ValueError("set_timesteps needs num_inference_steps or sigmas")
-            n = check_num_steps(num_inference_steps, T)
+            n = check_num_steps(n, T)
             base = self._default_sigmas(n) if mu is None else np.linspace(T, 1, n) / T
         sig = torch.from_numpy(np.asarray(shift_sigmas(base, shift))).to(torch.float32)
         ts = sig * T
