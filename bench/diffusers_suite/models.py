@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.diffusers_suite.pytest_run import child_argv
 from bench.diffusers_suite.results import outcomes, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,15 +38,8 @@ def start_pytest(suite: Path, test_file: str, junit: Path, site: Path | None, ki
     """Start one pytest child over `test_file` (diffusers' or Kiln's classes), junit XML to `junit`."""
     paths = [str(suite), str(REPO)] + ([str(site)] if site else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
-    ini = suite / "pytest.ini"
-    if not ini.exists():
-        ini.write_text("[pytest]\nmarkers =\n    compile: torch.compile tests\n")
-    cmd = [sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-c", str(ini),
-           "--rootdir", str(suite), f"--junitxml={junit}", "-o", "junit_family=xunit1", "--timeout", "900"]
-    if kiln:
-        cmd += ["-p", SWAP_PLUGIN]
-    if keyword:
-        cmd += ["-k", keyword]
+    cmd = child_argv(suite, [test_file], junit, [SWAP_PLUGIN] if kiln else [], keyword,
+                         ini_text="[pytest]\nmarkers =\n    compile: torch.compile tests\n", extra=["--timeout", "900"])
     log = open(junit.with_suffix(".log"), "w")
     return subprocess.Popen(cmd, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT)
 

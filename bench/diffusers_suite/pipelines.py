@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.diffusers_suite.pytest_run import child_argv
 from bench.diffusers_suite.results import outcomes, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,15 +48,7 @@ def run_pytest(suite: Path, files: list[str], junit: Path, hub: Path, kiln: bool
     """One pytest run over `files` in a child process (diffusers' or Kiln's classes), junit XML to `junit`."""
     env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(suite), str(REPO)]))
-    ini = suite / "pytest.ini"
-    if not ini.exists():
-        ini.write_text("[pytest]\n")
-    cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "-c", str(ini),
-           "--rootdir", str(suite), f"--junitxml={junit}", "-o", "junit_family=xunit1"]
-    if kiln:
-        cmd += ["-p", "bench.diffusers_suite.kiln_swap_pipelines"]
-    if keyword:
-        cmd += ["-k", keyword]
+    cmd = child_argv(suite, files, junit, ["bench.diffusers_suite.kiln_swap_pipelines"] if kiln else [], keyword)
     subprocess.run(cmd, cwd=suite, env=env, check=False)
 
 

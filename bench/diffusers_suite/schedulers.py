@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.diffusers_suite.pytest_run import child_argv
 from bench.diffusers_suite.results import outcomes, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,14 +109,7 @@ def start_pytest(suite: Path, files: list[str], junit: Path, kiln: bool, args: a
     paths = [str(suite), *map(str, roots), str(REPO), *([str(args.site)] if args.site else [])]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
     env[SHIM_ENV] = "1" if kiln else "0"
-    ini = suite / "pytest.ini"
-    if not ini.exists():
-        ini.write_text("[pytest]\n")
-    cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
-           "-p", "bench.diffusers_suite.schedulers", "-c", str(ini), "--rootdir", str(suite),
-           f"--junitxml={junit}", "-o", "junit_family=xunit1"]
-    if args.keyword:
-        cmd += ["-k", args.keyword]
+    cmd = child_argv(suite, files, junit, ["bench.diffusers_suite.schedulers"], args.keyword)
     return subprocess.Popen(cmd, cwd=suite, env=env, stdout=subprocess.DEVNULL)
 
 
