@@ -132,3 +132,68 @@ def test_a_replaced_adapter_is_not_served_from_stale_stacks(sd_folder):
         assert (results[-1][0] - expected[0]).abs().max() <= 1e-5
         pipe.delete_adapters("a")
     assert (results[0][0] - results[1][0]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_merged_slot_weights_equal_base_plus_deltas(pipe, monkeypatch):
+    """Narrow float32 layers run routed rows on per-slot merged weights W + ΔW; the result is the
+    unmerged path's (base output plus each row's delta), and each row's `set_adapters` run alone."""
+    from worker.lora import layer
+
+    x, t, text = unet_inputs(4)
+    routed = [m for m in pipe.unet.modules() if isinstance(m, layer.LoraLinear) and m.lora]
+    assert routed and all(m._merges(layer.AdapterRows.of(ROWS), 64) for m in routed)  # this UNet takes the path
+    with adapter_rows(ROWS), lora_scale(0.7):
+        merged = run_unet(pipe.unet, x, t, text)
+    monkeypatch.setattr(layer, "MERGE_MAX_ELEMENTS", 0)
+    with adapter_rows(ROWS), lora_scale(0.7):
+        unmerged = run_unet(pipe.unet, x, t, text)
+    assert (merged - unmerged).abs().max() <= 1e-5
+    pipe.set_adapters(["b", "c"], [0.6, 1.0])
+    try:
+        with lora_scale(0.7):
+            alone = run_unet(pipe.unet, x[2:3], t[2:3], text[2:3])
+    finally:
+        pipe.set_adapters("a")
+    assert (merged[2] - alone[0]).abs().max() <= 1e-5 and (merged[2] - merged[1]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_merged_slot_weights_follow_the_scale_and_the_base_weight(sd_folder):
+    """The merged weights are cached per routing; a new scale or an in-place change of the base
+    weight (a reloaded state dict) must rebuild them."""
+    from worker.lora import layer
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(sd_folder)
+    state = {f"unet.{k}": v for k, v in peft_layers(random_lora(pipe.unet, UNET_TARGETS, 4, 3)).items()}
+    pipe.load_lora_weights(state, adapter_name="a")
+    x, t, text = unet_inputs(2)
+    rows = [{"a": 1.0}, {}]
+
+    def routed(scale=1.0):
+        with adapter_rows(rows), lora_scale(scale):
+            return run_unet(pipe.unet, x, t, text)
+
+    def expected(scale=1.0):
+        pipe.set_adapters("a")
+        with lora_scale(scale):
+            return run_unet(pipe.unet, x[:1], t[:1], text[:1])[0]
+
+    assert (routed()[0] - expected()).abs().max() <= 1e-5
+    assert (routed(0.3)[0] - expected(0.3)).abs().max() <= 1e-5
+    target = next(m for m in pipe.unet.modules() if isinstance(m, layer.LoraLinear) and m.lora)
+    with torch.no_grad():
+        target.weight.mul_(1.5)
+    assert (routed(0.3)[0] - expected(0.3)).abs().max() <= 1e-5
+
+
+def test_half_precision_layers_add_deltas_instead_of_merging():
+    from worker.lora import layer
+
+    linear = layer.LoraLinear.wrap(torch.nn.Linear(64, 64))
+    rows = layer.AdapterRows.of([{"a": 1.0}])
+    assert linear._merges(rows, tokens=64)
+    assert not linear._merges(rows, tokens=1)  # one token a row: the weight gather would cost a matmul
+    assert not layer.LoraLinear.wrap(torch.nn.Linear(64, 64).half())._merges(rows, tokens=64)
+    assert not layer.LoraLinear.wrap(torch.nn.Linear(2048, 2048))._merges(rows, tokens=64)  # big: deltas are cheap
