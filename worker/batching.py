@@ -202,13 +202,14 @@ class StepBatcher:
         while rows < self.max_rows:
             with self._lock:
                 expected = self._in_loop
-            if len(pending) >= expected and time.monotonic() - started >= self.min_window_s:
+            everyone = len(pending) >= expected
+            if everyone and time.monotonic() - started >= self.min_window_s:
                 try:  # everyone is here; take whatever else is already queued, without waiting
                     request = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-            else:
-                remaining = deadline - time.monotonic()
+            else:  # wait for the jobs in the loop, or only `min_window_s` for ones not yet in it
+                remaining = (started + self.min_window_s if everyone else deadline) - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
@@ -380,7 +381,10 @@ class BatchedDecoder(_StandIn):
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Any = None, **kwargs: Any) -> Any:
         if generator is not None or kwargs:  # per-call slicing/tiling or a sampled decode: run alone
             return self.inner.decode(z, return_dict=return_dict, generator=generator, **kwargs)
-        output = self.session.request(StepRequest(z, None, {}))
+        try:
+            output = self.session.request(StepRequest(z, None, {}))
+        finally:  # a job decodes once: later decodes must not wait for it while it post-processes
+            self.session.leave()
         return ModelOutput(output) if return_dict else (output,)
 
 

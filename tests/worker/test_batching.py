@@ -200,6 +200,41 @@ def test_jobs_finishing_together_are_decoded_in_one_vae_call(sd):
     assert loaded.decoder.stats.calls < 3 and loaded.decoder.stats.job_steps == 3
 
 
+def test_a_job_leaves_the_decode_batch_once_it_is_decoded(sd):
+    """Its decode done, a job still post-processes (to PIL, to PNG) inside its sessions; another job's
+    decode must not wait for it as if it were still to come."""
+    loaded = load_model("sd", sd, max_rows=8)
+    try:
+        with loaded.batcher.session() as session, loaded.decoder.session() as decoding:
+            pipe = pipeline_for_task(loaded, "sd", "text-to-image", "ddim", session, decoding)
+            pipe(prompt="a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np")
+            assert loaded.decoder.jobs_in_loop == 0
+    finally:
+        loaded.close()
+
+
+def test_a_lone_request_waits_only_the_minimum_window():
+    """With everyone in the loop already asking, a batcher waits `min_window_s` for newcomers, not
+    its whole gather window (which follows the duration of its calls)."""
+    from worker.batching import StepBatcher, StepRequest
+
+    class Decoder(torch.nn.Module):
+        def decode(self, z, return_dict=False):
+            return (z * 2,)
+
+    batcher = StepBatcher(Decoder(), max_rows=8, max_window_s=30.0, name="vae", method="decode", min_window_s=0.005)
+    batcher._call_ema_s = 30.0  # as if each call took 30 s: the gather window is then 30 s
+    try:
+        with batcher.session() as session:
+            started = time.monotonic()
+            out = session.request(StepRequest(torch.ones(1, 2), None, {}))
+            waited = time.monotonic() - started
+        assert torch.equal(out, torch.full((1, 2), 2.0)) and waited < 10.0
+    finally:
+        batcher.close()
+
+
 def test_concurrent_prompt_encoding_matches_sequential(sd):
     """Jobs share a cached tokenizer whose padding settings are per-call state (regression: a
     concurrent job's negative prompt came out 2 tokens long)."""
