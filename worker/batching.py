@@ -311,10 +311,15 @@ class Session:
 
     def request(self, request: StepRequest) -> torch.Tensor:
         request.adapters = self.adapters
+        self.join()
+        return self.batcher.submit(request)
+
+    def join(self) -> None:
+        """Count this job as one the batcher waits for (done by the first request, or earlier: a job
+        that finished denoising joins the decode batcher before it asks for its decode)."""
         if not self._joined:
             self._joined = True
             self.batcher._join()
-        return self.batcher.submit(request)
 
     def leave(self) -> None:
         if self._joined and not self._left:

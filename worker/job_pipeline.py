@@ -114,14 +114,15 @@ def run_params(loaded: LoadedModel, family: str, params: JobParams, on_step: Ste
     with loaded.batcher.session() as session, decoding as decode_session:
         pipe = pipeline_for_task(loaded, family, params.task, params.scheduler, session, decode_session)
         kwargs = call_kwargs(params, family) | fit_inputs(inputs or {}, params)
-        callback = _step_callback(pipe, pipe.planned_steps(**kwargs), params, session, on_step, on_preview)
+        callback = _step_callback(pipe, pipe.planned_steps(**kwargs), params, session, decode_session, on_step,
+                                  on_preview)
         generator = torch.Generator("cpu").manual_seed(params.seed)
         with torch.inference_mode(), job_loras(loaded.pipeline, params.adapters(), catalog, session):
             return list(pipe(**kwargs, generator=generator, callback_on_step_end=callback).images)
 
 
-def _step_callback(pipe: Any, total: int, params: JobParams, session: Session, on_step: StepHook,
-                   on_preview: PreviewHook | None) -> Callable[..., dict]:
+def _step_callback(pipe: Any, total: int, params: JobParams, session: Session, decode_session: Session | None,
+                   on_step: StepHook, on_preview: PreviewHook | None) -> Callable[..., dict]:
     """The pipeline's `callback_on_step_end`: step `index + 1` of `total` is done."""
     every = params.preview_every or 0
 
@@ -129,6 +130,8 @@ def _step_callback(pipe: Any, total: int, params: JobParams, session: Session, o
         step = index + 1
         if step == total:
             session.leave()  # no more denoiser calls: don't hold the batch back while decoding
+            if decode_session is not None:  # jobs finishing in the same step share one decode call
+                decode_session.join()
         on_step(step, total)
         if on_preview is not None and every and step % every == 0 and step < total:
             on_preview(step, spatial_latents(pipe, tensors["latents"], params))

@@ -90,3 +90,18 @@ def test_progress_counts_each_denoiser_call_up_to_exactly_the_plan(models, famil
                lambda step, total: seen.append((step, total)), inputs(task))
     assert seen == [(k, expected) for k in range(1, expected + 1)]
     assert loaded.batcher.stats.job_steps - calls_before == expected  # one denoiser call per step
+
+
+@pytest.mark.parametrize("family", ["sd", "flux", "sd3"])
+def test_after_its_last_step_a_job_is_awaited_by_the_decoder_not_the_denoiser(models, family):
+    """Jobs finishing at the same step share one decode call: at its last step a job leaves the step
+    batch and joins the decode batch (which then waits for it), and leaves that once decoded."""
+    loaded = models[family]
+    counts = []
+
+    def on_step(step, total):
+        counts.append((step, loaded.batcher.jobs_in_loop, loaded.decoder.jobs_in_loop))
+
+    run_params(loaded, family, job(family, "text-to-image", "flow_euler" if family != "sd" else "euler", 3), on_step)
+    assert counts == [(1, 1, 0), (2, 1, 0), (3, 0, 1)]
+    assert (loaded.batcher.jobs_in_loop, loaded.decoder.jobs_in_loop) == (0, 0)
