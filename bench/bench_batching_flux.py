@@ -1,7 +1,9 @@
 """Throughput of the step batcher on FLUX-architecture jobs: N concurrent jobs batched vs one at a time.
 
-The worker's own path (`worker.job_pipeline`: a pipeline view per job, its transformer behind the
-model's `StepBatcher` as a `BatchedTransformer`), in this process, without Celery or Redis. The
+The worker's own path (`worker.job_pipeline.run_params`: a pipeline view per job, its transformer
+behind the model's `StepBatcher` as a `BatchedTransformer`, its VAE decode behind the decode
+batcher, PIL images out), in this process, without Celery or Redis; one at a time is the same
+pipeline call with no batcher. The
 model is Kiln's `FluxPipeline` with Kiln's `FluxTransformer2DModel` at tiny widths (random
 weights, guidance-distilled like FLUX.1-dev), a small CLIP, a small T5 and a 16-channel VAE.
 
@@ -30,7 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.job_pipeline import pipeline_for_task  # noqa: E402
+from shared.jobs.params import JobParams  # noqa: E402
+from worker.job_pipeline import call_kwargs, pipeline_for_task, run_params  # noqa: E402
 from worker.loaded_model import load_model  # noqa: E402
 
 
@@ -67,28 +70,36 @@ def prompt_for(k: int, args) -> str:
     return data.caption(data.Scene(*held_out[k % len(held_out)]))
 
 
-def run_one(loaded, k: int, args, length: int, session=None):
-    pipe = pipeline_for_task(loaded, "flux", "text-to-image", loaded.pipeline.scheduler.clone(), session)
+def job_params(k: int, args, length: int) -> JobParams:
+    """Job k as the worker stores it: flow-Euler from the model's scheduler config, one image."""
+    return JobParams.from_stored({
+        "version": 2, "model": "flux-bench", "task": "text-to-image", "prompt": prompt_for(k, args),
+        "width": args.size, "height": args.size, "steps": args.steps, "guidance_scale": 3.5,
+        "scheduler": "flow_euler", "seed": k,
+        "family_fields": {"family": "flux", "true_cfg_scale": 1.0, "max_sequence_length": length}})
+
+
+def run_alone(loaded, k: int, args, length: int):
+    """The worker's pipeline call for job k, without the batchers (nothing to share with)."""
+    params = job_params(k, args, length)
+    pipe = pipeline_for_task(loaded, "flux", params.task, params.scheduler)
     with torch.inference_mode():
-        return pipe(prompt=prompt_for(k, args), num_inference_steps=args.steps, guidance_scale=3.5,
-                    height=args.size, width=args.size, max_sequence_length=length,
-                    generator=torch.Generator().manual_seed(k), output_type="np").images
+        return pipe(**call_kwargs(params, "flux"), generator=torch.Generator("cpu").manual_seed(params.seed)).images
 
 
 def sequential(loaded, n: int, args, lengths: list[int]) -> float:
     start = time.perf_counter()
     for k in range(n):
-        run_one(loaded, k, args, lengths[k % len(lengths)])
+        run_alone(loaded, k, args, lengths[k % len(lengths)])
     return time.perf_counter() - start
 
 
 def batched(pool: ThreadPoolExecutor, loaded, n: int, args, lengths: list[int]) -> float:
-    def target(k):
-        with loaded.batcher.session() as session:
-            run_one(loaded, k, args, lengths[k % len(lengths)], session)
-
+    """n jobs submitted together through the worker's `run_params`: denoiser steps through the step
+    batcher, VAE decodes through the decode batcher, each job leaving the step batch at its last step."""
+    jobs = [job_params(k, args, lengths[k % len(lengths)]) for k in range(n)]
     start = time.perf_counter()
-    for future in [pool.submit(target, k) for k in range(n)]:
+    for future in [pool.submit(run_params, loaded, "flux", params, lambda *_: None) for params in jobs]:
         future.result()
     return time.perf_counter() - start
 
@@ -130,7 +141,7 @@ def main() -> None:
         pipeline = flux_pipeline(32, args.heads, args.size)
     loaded = load_model("flux-bench", pipeline, max_rows=64)
     pool = ThreadPoolExecutor(max(args.jobs))
-    run_one(loaded, 0, args, args.lengths[0])  # warm-up
+    run_alone(loaded, 0, args, args.lengths[0])  # warm-up
     batched(pool, loaded, max(args.jobs), args, args.lengths)
     params = sum(p.numel() for p in loaded.pipeline.transformer.parameters())
     print(f"FLUX-architecture transformer {params / 1e6:.2f} M params, {args.size}×{args.size} pixels "
