@@ -1,6 +1,8 @@
 """Serving many LoRA adapters: N concurrent jobs each with its own adapter, batched (per-row LoRA
 deltas in one call) vs the same jobs one at a time with the single-pipeline recipe between them
-(load_lora_weights, fuse_lora, run, unfuse_lora, unload_lora_weights) vs N batched jobs with no adapter.
+(load_lora_weights, fuse_lora, run, unfuse_lora, unload_lora_weights) vs N batched jobs with no
+adapter; and, for reference, the N jobs without adapters one at a time (what batching alone gains
+on this model and machine: the mixed batch cannot beat the plain one).
 
 Runs the worker's code path (`worker.job_pipeline.run_params`: a pipeline view per job, the denoiser
 behind the model's `StepBatcher`, adapters from the worker's LRU) in this process, on the bundled
@@ -63,16 +65,19 @@ def batched(pool, loaded, catalog, jobs) -> float:
 
 
 def one_at_a_time(pipe, catalog, jobs) -> float:
-    """Diffusers' single-adapter recipe per job: load, fuse, generate, unfuse, unload."""
+    """Diffusers' single-adapter recipe per job: load, fuse, generate, unfuse, unload (jobs without
+    an adapter: generate only)."""
     start = time.perf_counter()
     for params in jobs:
-        spec = catalog.get_lora(params["loras"][0]["name"])
-        pipe.load_lora_weights(spec.source, adapter_name=spec.name)
-        pipe.fuse_lora()
+        spec = catalog.get_lora(params["loras"][0]["name"]) if params.get("loras") else None
+        if spec:
+            pipe.load_lora_weights(spec.source, adapter_name=spec.name)
+            pipe.fuse_lora()
         pipe(params["prompt"], height=64, width=64, num_inference_steps=params["steps"], guidance_scale=4.0,
              generator=torch.Generator().manual_seed(params["seed"]))
-        pipe.unfuse_lora()
-        pipe.unload_lora_weights()
+        if spec:
+            pipe.unfuse_lora()
+            pipe.unload_lora_weights()
     return time.perf_counter() - start
 
 
@@ -101,21 +106,27 @@ def main() -> None:
     without = [job(k, args.steps, None) for k in range(args.jobs)]
     first = batched(pool, loaded, catalog, [job(k, 2, f"style-{k}") for k in range(args.jobs)])  # loads all
     batched(pool, loaded, catalog, without[:2])
-    results: dict[str, list[float]] = {"mixed": [], "sequential": [], "plain": []}
+    results: dict[str, list[float]] = {"mixed": [], "sequential": [], "plain": [], "plain_sequential": []}
     for _ in range(args.repeats):  # alternate so drift in machine load hits every variant
         results["mixed"].append(batched(pool, loaded, catalog, with_lora))
         results["sequential"].append(one_at_a_time(alone, catalog, with_lora))
         results["plain"].append(batched(pool, loaded, catalog, without))
+        results["plain_sequential"].append(one_at_a_time(alone, catalog, without))
     print(f"jobs={args.jobs} steps={args.steps} rank={args.rank} threads={torch.get_num_threads()} "
           f"(first mixed round incl. loading {args.jobs} adapters at 2 steps: {first:.2f} s)\n")
     print("| variant | seconds (median) | images/s |")
     print("|---|---|---|")
     labels = {"mixed": f"{args.jobs} concurrent jobs, a different adapter each, batched",
               "sequential": "one at a time: load, fuse, run, unfuse, unload",
-              "plain": f"{args.jobs} concurrent jobs, no adapter, batched"}
+              "plain": f"{args.jobs} concurrent jobs, no adapter, batched",
+              "plain_sequential": "reference: no adapter, one at a time"}
     for key, label in labels.items():
         seconds = statistics.median(results[key])
         print(f"| {label} | {seconds:.2f} | {args.jobs / seconds:.2f} |", flush=True)
+    median = {key: statistics.median(values) for key, values in results.items()}
+    print(f"\nmixed vs one at a time: {median['sequential'] / median['mixed']:.2f}× faster (goal ≥ 2×); "
+          f"mixed / no adapter batched: {median['mixed'] / median['plain']:.2f}× (goal ≤ 1.25×); "
+          f"batching alone (no adapter, one at a time / batched): {median['plain_sequential'] / median['plain']:.2f}×")
     loaded.close()
 
 
