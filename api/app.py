@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config.update(JSON_SORT_KEYS=False)
+    # `/v1/jobs//events` is a 404, not a 308 to `/v1/jobs/events` with an HTML body (set before routes bind).
+    app.url_map.merge_slashes = False
     if test_config:
         app.config.update(test_config)
     app.extensions[EXTENSION] = Services(settings)

@@ -50,8 +50,16 @@ def _multipart(limits: Limits) -> tuple[object, dict[str, bytes]]:
     if unknown:
         raise ValidationFailed(f"unknown multipart part {unknown[0]!r}; allowed: request, image, mask_image",
                                field=unknown[0])
+    repeated = [(name, len(parts)) for name, parts in [*request.form.lists(), *request.files.lists()]
+                if len(parts) > 1]
+    if repeated:  # which one would the job use? Refuse rather than silently take the first
+        name, count = repeated[0]
+        raise ValidationFailed(f"the multipart part {name!r} is given {count} times; give it once", field=name)
+    if "request" not in request.form:
+        raise ValidationFailed("a multipart body needs a 'request' part holding the job's JSON object",
+                               field="request")
     try:
-        body = json.loads(request.form.get("request") or "{}")
+        body = json.loads(request.form["request"])
     except ValueError:
         raise BadRequest("the multipart part 'request' must hold a JSON object", field="request",
                          code="invalid_json") from None

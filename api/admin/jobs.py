@@ -44,7 +44,8 @@ def read_filter(args) -> JobQuery:
     cursor = decode_cursor(args["cursor"]) if args.get("cursor") else None
     if args.get("cursor") and cursor is None:
         abort(400, "cursor is not one this page made")
-    limit = int(args.get("limit", 50)) if args.get("limit", "50").isdigit() else 50
+    raw = args.get("limit", "50")
+    limit = int(raw) if raw.isascii() and raw.isdigit() else 50  # '²'.isdigit() is true, int('²') fails
     window = RANGES[args.get("range", "")]
     return JobQuery(status=status, model=args.get("model") or None, owner=args.get("owner") or None,
                     text=(args.get("q") or "").strip()[:200] or None,

@@ -107,7 +107,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # '²'.isdigit() is true
         raise ValidationFailed(f"{name} must be an integer from {low} to {high} (got {raw!r})", field=name)
     return int(raw)
 

@@ -8,6 +8,7 @@ the stored parameters (`shared.jobs.params`) say exactly what the worker will ru
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, MaxLen
@@ -39,6 +40,7 @@ class FlowFields(BaseModel):
 
 
 MAX_LORAS = 8  # adapters one job may combine
+TEXT_FIELDS = ("prompt", "negative_prompt")
 
 
 class JobRequest(FlowFields):
@@ -80,9 +82,21 @@ def parse_request(body: Any) -> JobRequest:
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object", field="body")
     try:
-        return JobRequest(**body)
+        req = JobRequest(**body)
     except ValidationError as exc:
         raise _to_validation_failed(exc) from None
+    for name in TEXT_FIELDS:
+        _check_no_control_characters(name, getattr(req, name))
+    return req
+
+
+def _check_no_control_characters(field: str, text: str | None) -> None:
+    """Refuse C0/C1 control characters (NUL, ESC, DEL, …) other than tab and line breaks: no
+    tokenizer wants them, and they would reach logs, terminals and the dashboard as they are."""
+    bad = next((c for c in text or "" if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if bad is not None:
+        raise ValidationFailed(f"{field} must not contain control characters (found {bad!r} at "
+                               f"position {text.index(bad)})", field=field)
 
 
 def _to_validation_failed(exc: ValidationError) -> ValidationFailed:

@@ -1,0 +1,78 @@
+"""Defects found by a black-box probe of the API with keys on: each answered with something other
+than a 4xx JSON error naming the problem (a 500, an HTML redirect, a silently accepted input)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+GOOD = {"prompt": "a large red circle in the centre on a white background", "seed": 1}
+
+
+# `str.isdigit()` is true for superscripts and circled digits that `int()` cannot read: the limit
+# check passed them to `int()` and answered 500.
+@pytest.mark.parametrize("limit", ["%C2%B2", "%E2%91%A0", "%D9%A1%D9%A2"])  # ², ①, Arabic-Indic 12
+def test_non_ascii_digit_limits_are_422(client, limit):
+    answer = client.get(f"/v1/jobs?limit={limit}")
+    assert answer.status_code == 422, answer.data
+    assert answer.json["error"]["field"] == "limit"
+
+
+def test_dashboard_non_ascii_digit_limit_is_not_500(client):
+    answer = client.get("/admin/jobs?limit=%C2%B2")  # auth disabled: the dashboard opens
+    assert answer.status_code == 200, answer.data[:300]
+
+
+# Werkzeug merges doubled slashes with a 308 whose body is an HTML page; the API answers JSON.
+@pytest.mark.parametrize("path", ["/v1/jobs//events", "/v1//jobs", "/v1/jobs//outputs/0"])
+def test_doubled_slashes_get_a_json_404_not_an_html_redirect(client, path):
+    answer = client.get(path)
+    assert answer.status_code == 404, (answer.status_code, answer.data[:200])
+    assert answer.json["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize("text", ["a\x00b", "red\x1b[31m circle", "a\x7fb", "a\x85b", "a\x08b"])
+def test_control_characters_in_prompts_are_422(client, redis_keys, field, text):
+    before = redis_keys()
+    answer = client.post("/v1/jobs", json={**GOOD, field: text})
+    assert answer.status_code == 422, answer.json
+    assert answer.json["error"]["field"] == field
+    assert "control character" in answer.json["error"]["message"]
+    assert redis_keys() == before
+
+
+@pytest.mark.parametrize("text", ["a large red circle\non a white background", "tab\tand\r\nnewline",
+                                  "un cercle rouge, 赤い円 🔴"])
+def test_whitespace_and_unicode_prompts_are_accepted(client, text):
+    answer = client.post("/v1/jobs", json={**GOOD, "prompt": text})
+    assert answer.status_code == 202, answer.json
+    assert answer.json["params"]["prompt"] == text
+
+
+def test_multipart_image_given_twice_is_422(client, redis_keys):
+    before = redis_keys()
+    png = _png()
+    data = {"request": json.dumps({**GOOD, "task": "image-to-image"}),
+            "image": [(io.BytesIO(png), "a.png"), (io.BytesIO(png), "b.png")]}
+    answer = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 422, answer.json
+    assert answer.json["error"]["field"] == "image"
+    assert redis_keys() == before
+
+
+def test_multipart_without_a_request_part_is_422(client):
+    answer = client.post("/v1/jobs", data={"image": (io.BytesIO(_png()), "a.png")},
+                         content_type="multipart/form-data")
+    assert answer.status_code == 422, answer.json
+    assert answer.json["error"]["field"] == "request"
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(out, "PNG")
+    return out.getvalue()
