@@ -26,7 +26,7 @@ def create_key():
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise ValidationFailed(f"{field}: {err['msg'].lower()}", field=field) from None
+        raise ValidationFailed(f"{field}: {err['msg'][:1].lower()}{err['msg'][1:]}", field=field) from None
     created = kiln().keys.create(role=spec.role, name=spec.name, owner=spec.owner)
     return jsonify(dump(KeyCreated, {**created.key, "secret": created.secret})), 201
 

@@ -115,7 +115,7 @@ def _to_validation_failed(exc: ValidationError) -> ValidationFailed:
                 "string_too_short", "string_too_long"} and bounds:
         return ValidationFailed(f"{field} must be {bounds} (got {err['input']!r})", field=field)
     expected = _expected_type(field)
-    message = f"{field}: {err['msg'].lower()}"
+    message = f"{field}: {err['msg'][:1].lower()}{err['msg'][1:]}"
     if expected:
         message += f"; expected {expected}" + (f", {bounds}" if bounds else "")
     return ValidationFailed(message, field=field)

@@ -76,3 +76,18 @@ def _png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(out, "PNG")
     return out.getvalue()
+
+
+# Error messages were lowercased whole, which rewrote the pattern they quote: `^[A-Za-z0-9_.-]…`
+# came out as `^[a-za-z0-9_.-]…`, a rule the API does not apply.
+def test_key_owner_pattern_is_quoted_as_applied(auth_app, keys):
+    _, admin = keys.make(role="admin")
+    answer = auth_app.test_client().post("/v1/keys", json={"owner": "../x"}, headers=admin)
+    assert answer.status_code == 422 and answer.json["error"]["field"] == "owner"
+    assert "A-Za-z" in answer.json["error"]["message"], answer.json
+
+
+def test_job_field_messages_keep_the_case_of_what_they_quote(client):
+    answer = client.post("/v1/jobs", json={**GOOD, "loras": ["kiln-shapes-pink"]})
+    assert answer.status_code == 422 and answer.json["error"]["field"] == "loras.0"
+    assert "LoraChoice" in answer.json["error"]["message"], answer.json
