@@ -58,14 +58,20 @@ class EulerDiscreteScheduler(VEScheduleMixin):
     ) -> None:
         """Build the σ grid (and its fractional timesteps) for this job."""
         ts_t, sig_t = self._grid_tensors(num_inference_steps, timesteps, sigmas)
-        if self.config.interpolation_type == "log_linear" and sigmas is None:
-            # σ evenly spaced in log σ over the whole training range (n + 1 points, then the final σ),
-            # for the spacing's timesteps and for custom ones alike (Diffusers keeps the timesteps).
-            log_range = torch.linspace(np.log(self._train_sigmas[-1]), np.log(self._train_sigmas[0]), len(ts_t) + 1)
-            sig_t = torch.cat([log_range.exp(), sig_t[-1:]]).to(torch.float32)
         if self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction":
             ts_t = 0.25 * sig_t[:-1].log()  # EDM's c_noise = ¼ log σ
         self._finish_set_timesteps(ts_t, sig_t, device)
+
+    def _sigmas_for(self, ts: np.ndarray) -> np.ndarray:
+        """`log_linear`: σ evenly spaced in log σ over the whole training range, n + 1 points.
+
+        Diffusers keeps these n + 1 points (then the final σ) for the spacing's timesteps and for custom
+        ones alike; a Karras/exponential/β respacing then reads only their ends (σ_max, σ_min).
+        """
+        if self.config.interpolation_type != "log_linear":
+            return super()._sigmas_for(ts)
+        log_range = torch.linspace(np.log(self._train_sigmas[-1]), np.log(self._train_sigmas[0]), len(ts) + 1)
+        return log_range.exp().numpy()
 
     def step(
         self,

@@ -84,11 +84,12 @@ class FlowMatchHeunDiscreteScheduler(HeunStateMixin, FlowMatchSchedulerMixin):
         gamma = churn_gamma(s_churn, len(self.sigmas) - 1, sigma, s_tmin, s_tmax)
         x, sigma_hat = churn(sample.to(torch.float32), sigma, gamma, s_noise, generator, model_output)
         if first:  # x̂_0 = x − σ v, so dx/dσ̂ = (x − x̂_0)/σ̂ = v σ/σ̂
-            d = model_output * sigma / sigma_hat
+            # Formed through x̂_0 as Diffusers does: the fp32 roundings then agree to the last bit.
+            d = (x - (x - model_output * sigma)) / sigma_hat
             self.prev_derivative, self.dt, self.sample = d, sigma_next - sigma_hat, x
             prev = x + d * self.dt
         else:  # the model ran at σ_next: its slope is v itself; average with the first slope
-            d = 0.5 * (self.prev_derivative + model_output)
+            d = 0.5 * (self.prev_derivative + (x - (x - model_output * sigma_next)) / sigma_next)
             prev = self.sample + d * self.dt
             self.prev_derivative, self.dt, self.sample = None, None, None
         self._step_index += 1

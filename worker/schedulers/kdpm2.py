@@ -14,11 +14,19 @@ import torch
 from worker.runtime.configuration import register_to_config
 
 from .base import KARRAS_FAMILY, Generator
-from .heun import repeat_interior
 from .prediction import denoise_ve
 from .sampling import euler_update, to_d
 from .schedules import sigma_to_t
 from .ve import VEScheduleMixin
+
+
+def _pair_up(values: torch.Tensor) -> torch.Tensor:
+    """[v0, v1, v1, …, v_n, v_n, v_n] (2n + 2 entries): Diffusers' public σ tables of this sampler.
+
+    The final σ (0) is paired like the others and then repeated once more, so `sigmas` and
+    `sigmas_interpol` have the lengths callers of Diffusers see; the step reads only the first 2n.
+    """
+    return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
 
 
 class KDPM2DiscreteScheduler(VEScheduleMixin):
@@ -69,8 +77,8 @@ class KDPM2DiscreteScheduler(VEScheduleMixin):
         ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float32))
         # [t_0, t_mid1, t_1, t_mid2, t_2, …, t_mid(n−1), t_(n−1)]
         interleaved = torch.stack((ts_mid[1:-1], ts_t[1:]), dim=-1).flatten()
-        self.sigmas_interpol = repeat_interior(mid, keep_last=True)
-        self._finish_set_timesteps(torch.cat([ts_t[:1], interleaved]), repeat_interior(sig_t, True), device)
+        self.sigmas_interpol = _pair_up(mid)
+        self._finish_set_timesteps(torch.cat([ts_t[:1], interleaved]), _pair_up(sig_t), device)
 
     def _input_sigma(self) -> torch.Tensor:
         table = self.sigmas if self.state_in_first_order else self.sigmas_interpol

@@ -122,8 +122,6 @@ class UniPCMultistepScheduler(VPSigmaScheduleMixin):
         check_choice("solver_type", solver_type, list(SOLVER_TYPES) + list(SOLVER_TYPE_ALIASES))
         if int(solver_order) < 1:
             raise ValueError(f"solver_order must be a positive integer, got {solver_order!r}")
-        if not predict_x0 and final_sigmas_type == "zero":  # ε-form updates divide by σ_t = 0
-            raise ValueError("predict_x0=False needs final_sigmas_type='sigma_min', not 'zero'")
         self.solver_type = SOLVER_TYPE_ALIASES.get(solver_type, solver_type)
         self.predict_x0 = predict_x0
         self.disable_corrector = tuple(disable_corrector)
@@ -196,7 +194,12 @@ class UniPCMultistepScheduler(VPSigmaScheduleMixin):
             order = min(order, len(self.timesteps) - i)
         self.this_order = min(order, self.lower_order_nums + 1)
         self.last_sample = sample
-        prev = unipc_update(sample, self._newest_first(), self._point(i + 1), self.this_order,
+        target = self._point(i + 1)
+        if not self.predict_x0 and float(target.sigma) == 0:
+            # The ε-form update divides by σ_t; Diffusers accepts this config and returns NaN here.
+            raise ValueError("predict_x0=False cannot step to σ = 0: set final_sigmas_type='sigma_min' "
+                             "(or predict_x0=True)")
+        prev = unipc_update(sample, self._newest_first(), target, self.this_order,
                             self.predict_x0, self.solver_type)
         self.lower_order_nums = min(self.lower_order_nums + 1, self.config.solver_order)
         self._step_index += 1

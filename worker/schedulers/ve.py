@@ -64,12 +64,16 @@ class VEScheduleMixin(VPScheduleMixin):
             n = check_num_steps(num_steps, c.num_train_timesteps)
             ts = timestep_grid(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset, rounded=False)
             ts = ts.astype(np.float32)
-        sig = sigmas_at(ts, self._train_sigmas)
+        sig = self._sigmas_for(ts)
         if self._respacing:
             lo, hi = self._option("sigma_min"), self._option("sigma_max")
             sig = respace_sigmas(self._respacing, sig, len(ts), lo, hi)
             ts = sigma_to_t(sig, self._log_sigmas)
         return ts, np.concatenate([sig, [self._final_sigma()]]).astype(np.float32)
+
+    def _sigmas_for(self, ts: np.ndarray) -> np.ndarray:
+        """σ at the grid's timesteps (before any Karras/exponential/β respacing, which keeps only its ends)."""
+        return sigmas_at(ts, self._train_sigmas)
 
     def _grid_tensors(
         self, num_steps: int | None, timesteps: Sequence[float] | None, sigmas: Sequence[float] | None
