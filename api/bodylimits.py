@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 
 from flask import Flask, Request, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from shared.errors import BadRequest, PayloadTooLarge
+from shared.errors import BadRequest, KilnError, PayloadTooLarge
 from shared.settings import Settings
 
 _MARKS = re.compile(rb'[\[\]{}"\\]')
@@ -103,25 +103,37 @@ def _depth(data: bytes, stop: int, budget: int) -> int:
     return deepest
 
 
+class BodyTimeout(KilnError):
+    http_status = 408
+    code = "body_timeout"
+
+
 def check_body(req: Request, limits: BodyLimits) -> None:
-    """Size first (413), then the JSON shape (400); reads at most the limit."""
+    """Size first (413), then the JSON shape (400); reads at most the limit. A body that stops
+    arriving (the socket's read timeout, set by `api.gunicorn_worker`) is a 408."""
     cap, kind = limits.max_bytes(req.mimetype)
     if req.content_length is not None and req.content_length > cap:
         raise _too_large(kind, cap, req.content_length)
     req.max_content_length = cap
     if kind == "JSON":
-        try:
-            data = req.get_data(cache=True)
-        except RequestEntityTooLarge:
-            raise _too_large(kind, cap) from None
+        data = _read(kind, cap, lambda: req.get_data(cache=True))
         check_json_shape(data, limits)
     elif kind == "multipart":
-        try:
-            part = req.form.get("request")
-        except RequestEntityTooLarge:
-            raise _too_large(kind, cap) from None
+        part = _read(kind, cap, lambda: req.form.get("request"))
         if part:
             check_json_shape(part.encode(), limits)
+
+
+def _read(kind: str, cap: int, read):
+    try:
+        return read()
+    except RequestEntityTooLarge:
+        raise _too_large(kind, cap) from None
+    except (TimeoutError, ClientDisconnected) as exc:  # werkzeug reports a failed read as a disconnect
+        if not isinstance(exc, TimeoutError) and not isinstance(exc.__context__, TimeoutError):
+            raise
+        raise BodyTimeout(f"the {kind} request body stopped arriving before its end; send it whole",
+                          field="body") from None
 
 
 def _too_large(kind: str, cap: int, size: int | None = None) -> PayloadTooLarge:

@@ -7,7 +7,8 @@ refuses streams beyond its share (503), so streams can never take the connection
 `/healthz` and ordinary requests need. `--threads` sizes gevent's native thread pool, which runs
 the blocking calls gevent cannot make cooperative (DNS resolution of fetched URLs).
 
-A request whose body the app refused unread (413 before reading) closes its connection instead of
+Socket reads and writes time out after gunicorn's `--timeout`, so a stalled request body ends in a
+JSON 408 rather than holding a connection. A request whose body the app refused unread (413 before reading) closes its connection instead of
 being drained, so a 40 MiB refused body costs nothing more. Requests gunicorn's own HTTP parser
 rejects before the app sees them (a control character in a
 header value, a malformed request line) get the API's JSON error body instead of gunicorn's HTML.
@@ -42,6 +43,10 @@ class KilnWorker(GeventWorker):
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):
+        # Each socket read or write may wait at most `--timeout` seconds (gunicorn's own setting,
+        # 30 by default): a client that promises a body and stalls gets a 408 instead of holding
+        # its connection forever (`api.bodylimits`); a stream reader that stops reading is dropped.
+        sock.settimeout(self.cfg.timeout)
         kept = super().handle_request(listener_name, req, sock, addr)
         if _body_left(req):  # refused unread (413): close rather than drain megabytes to keep it alive
             raise StopIteration("request body left unread")

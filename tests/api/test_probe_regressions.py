@@ -91,3 +91,37 @@ def test_job_field_messages_keep_the_case_of_what_they_quote(client):
     answer = client.post("/v1/jobs", json={**GOOD, "loras": ["kiln-shapes-pink"]})
     assert answer.status_code == 422 and answer.json["error"]["field"] == "loras.0"
     assert "LoraChoice" in answer.json["error"]["message"], answer.json
+
+
+class TestStalledBodies:
+    """A client that sends headers promising a body and then stops held its connection (and a
+    slot of `worker_connections`) for as long as it liked: nothing timed the body read out. Now a
+    read that gets no byte for gunicorn's `--timeout` seconds ends the request with a JSON 408."""
+
+    @pytest.fixture
+    def live_api_env(self, live_api_env):
+        return {**live_api_env, "GUNICORN_CMD_ARGS": "--timeout 3"}
+
+    @pytest.mark.parametrize("content_type, first", [("application/json", b"{"),
+                                                     ("multipart/form-data; boundary=b", b"--b\r\n")])
+    def test_a_stalled_body_gets_a_json_408(self, live_api, content_type, first):
+        import socket
+        import time
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(live_api.url)
+        head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live_api.admin_key}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: 100\r\n\r\n").encode()
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(head + first)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+                if b"\r\n\r\n" in got and got.endswith(b"}\n"):
+                    break
+        assert time.monotonic() - started < 15, "the stalled request was not timed out"
+        status_line, _, rest = got.partition(b"\r\n")
+        assert b" 408 " in status_line, got
+        body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+        assert body["error"]["code"] == "body_timeout" and body["error"]["field"] == "body"
