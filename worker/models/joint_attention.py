@@ -35,13 +35,14 @@ class JointAttention(nn.Module):
         dim: channels of x (and of both outputs).
         heads, dim_head: number and size of heads.
         context_dim: channels of the context; None builds a self-attention without `add_*` layers.
-        qk_norm: RMS-normalise q and k (and the context's) per head.
+        qk_norm: normalise q and k (and the context's) per head: True/"rms_norm", "layer_norm", or off.
         out_proj: whether x's output passes `to_out.0` (False for FLUX's single-stream block).
         context_out_proj: whether the context's output passes `to_add_out` (False in SD3's last block).
         init_order: a key of `INIT_ORDERS`: which reference's creation order to follow.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None, qk_norm: bool = False,
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None,
+                 qk_norm: bool | str | None = False,
                  eps: float = 1e-6, out_proj: bool = True, context_out_proj: bool = True, init_order: str = "flux"):
         super().__init__()
         if init_order not in INIT_ORDERS:
@@ -61,8 +62,8 @@ class JointAttention(nn.Module):
         }
         for name in INIT_ORDERS[init_order]:
             setattr(self, name, factories[name]())
-        self.norm_added_q = qk_rms_norm(dim_head, eps, qk_norm and has_context)
-        self.norm_added_k = qk_rms_norm(dim_head, eps, qk_norm and has_context)
+        self.norm_added_q = qk_rms_norm(dim_head, eps, qk_norm if has_context else None)
+        self.norm_added_k = qk_rms_norm(dim_head, eps, qk_norm if has_context else None)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -40,13 +40,13 @@ class JointTransformerBlock(nn.Module):
     """(x (B, N, D), c (B, M, D), temb (B, D)) -> (c', x'); c' is None for a `context_pre_only` block.
 
     Args:
-        qk_norm: RMS norm on q/k per head.
+        qk_norm: norm on q/k per head: True/"rms_norm", "layer_norm", or False/None for none.
         context_pre_only: the last SD3 block: no context output, no context MLP.
         use_dual_attention: SD3.5 MMDiT-X: a second self-attention (`attn2`) on x.
         init_order: creation order of the attention projections (`"flux"` or `"sd3"`).
     """
 
-    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, qk_norm: bool = False,
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, qk_norm: bool | str | None = False,
                  context_pre_only: bool = False, use_dual_attention: bool = False, init_order: str = "sd3"):
         super().__init__()
         self.context_pre_only = context_pre_only

@@ -18,9 +18,21 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
-def qk_rms_norm(dim_head: int, eps: float, enabled: bool = True) -> nn.Module | None:
-    """RMS norm over each head's channels (q/k norm of SD3.5 and FLUX), or None when disabled."""
-    return nn.RMSNorm(dim_head, eps=eps) if enabled else None
+QK_NORM_KINDS = (None, "rms_norm", "layer_norm")
+
+
+def qk_rms_norm(dim_head: int, eps: float, enabled: bool | str | None = True) -> nn.Module | None:
+    """The q/k norm over each head's channels, or None when disabled.
+
+    `enabled`: True or "rms_norm" (SD3.5, FLUX), "layer_norm" (an affine LayerNorm, which SD3's
+    `qk_norm="layer_norm"` config asks for), False or None for none.
+    """
+    kind = "rms_norm" if enabled is True else enabled or None
+    if kind not in QK_NORM_KINDS:
+        raise ValueError(f"unsupported qk_norm {kind!r}; supported: {list(QK_NORM_KINDS)}")
+    if kind == "layer_norm":
+        return nn.LayerNorm(dim_head, eps=eps)
+    return nn.RMSNorm(dim_head, eps=eps) if kind else None
 
 
 class AdaLayerNormZero(nn.Module):

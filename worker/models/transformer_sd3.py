@@ -18,13 +18,12 @@ from worker.runtime.configuration import register_to_config
 from worker.lora.mixin import scaled_by
 from worker.models.mmdit_blocks import JointTransformerBlock, run_block
 from worker.models.modeling import ModelMixin
-from worker.models.normalization import AdaLayerNormContinuous
+from worker.models.normalization import QK_NORM_KINDS, AdaLayerNormContinuous
 from worker.models.patch_embed import PatchEmbed
 from worker.models.text_time_embeddings import CombinedTimestepTextProjEmbeddings
 from worker.models.transformer_inputs import check_joint_attention_kwargs, require_inputs
 from worker.models.transformer_outputs import Transformer2DModelOutput
 
-QK_NORMS = {None: False, "rms_norm": True}
 
 
 class SD3Transformer2DModel(ModelMixin):
@@ -48,8 +47,8 @@ class SD3Transformer2DModel(ModelMixin):
         qk_norm: str | None = None,
     ):
         super().__init__()
-        if qk_norm not in QK_NORMS:
-            raise ValueError(f"unsupported qk_norm {qk_norm!r}; supported: {list(QK_NORMS)}")
+        if qk_norm not in QK_NORM_KINDS:
+            raise ValueError(f"unsupported qk_norm {qk_norm!r}; supported: {list(QK_NORM_KINDS)}")
         self.out_channels = out_channels if out_channels is not None else in_channels
         self.inner_dim = dim = num_attention_heads * attention_head_dim
         self.pos_embed = PatchEmbed(sample_size, sample_size, patch_size, in_channels, dim,
@@ -57,7 +56,7 @@ class SD3Transformer2DModel(ModelMixin):
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(dim, pooled_projection_dim)
         self.context_embedder = nn.Linear(joint_attention_dim, caption_projection_dim)
         self.transformer_blocks = nn.ModuleList([
-            JointTransformerBlock(dim, num_attention_heads, attention_head_dim, qk_norm=QK_NORMS[qk_norm],
+            JointTransformerBlock(dim, num_attention_heads, attention_head_dim, qk_norm=qk_norm,
                                   context_pre_only=i == num_layers - 1, use_dual_attention=i in dual_attention_layers,
                                   init_order="sd3")
             for i in range(num_layers)
