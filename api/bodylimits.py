@@ -114,9 +114,14 @@ def check_body(req: Request, limits: BodyLimits) -> None:
     cap, kind = limits.max_bytes(req.mimetype)
     if req.content_length is not None and req.content_length > cap:
         raise _too_large(kind, cap, req.content_length)
-    req.max_content_length = cap
+    sized = req.content_length is not None
+    # werkzeug stops a body of unknown length (chunked) quietly at the limit; one byte over the cap
+    # tells a body that is too large from one that just fits.
+    req.max_content_length = cap if sized else cap + 1
     if kind == "JSON":
         data = _read(kind, cap, lambda: req.get_data(cache=True))
+        if len(data) > cap:
+            raise _too_large(kind, cap)
         check_json_shape(data, limits)
     elif kind == "multipart":
         part = _read(kind, cap, lambda: req.form.get("request"))

@@ -125,3 +125,35 @@ class TestStalledBodies:
         assert b" 408 " in status_line, got
         body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
         assert body["error"]["code"] == "body_timeout" and body["error"]["field"] == "body"
+
+
+class TestChunkedBodies:
+    """A chunked body (no Content-Length) over the JSON cap was read up to the cap and then parsed
+    cut short: a 400 `invalid_json` instead of the 413 a sized body of the same length gets."""
+
+    @pytest.fixture
+    def live_api_env(self, live_api_env):
+        return {**live_api_env, "KILN_JSON_MAX_BYTES": str(64 * 1024)}
+
+    def test_an_oversized_chunked_json_body_is_413(self, live_api):
+        import socket
+        from urllib.parse import urlsplit
+
+        body = json.dumps({**GOOD, "prompt": "a" * 200_000}).encode()
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192])
+                          for i in range(0, len(body), 8192)) + b"0\r\n\r\n"
+        parts = urlsplit(live_api.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live_api.admin_key}\r\n"
+                         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            try:
+                sock.sendall(chunks)
+            except OSError:  # answered and closed before reading it all
+                pass
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+                if b"\r\n\r\n" in got and got.endswith(b"}\n"):
+                    break
+        assert got.split(b" ", 2)[1] == b"413", got
+        assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_too_large"
