@@ -46,7 +46,7 @@ class KilnWorker(GeventWorker):
         # Each socket read or write may wait at most `--timeout` seconds (gunicorn's own setting,
         # 30 by default): a client that promises a body and stalls gets a 408 instead of holding
         # its connection forever (`api.bodylimits`); a stream reader that stops reading is dropped.
-        sock.settimeout(self.cfg.timeout)
+        sock.settimeout(self.cfg.timeout or None)  # `--timeout 0` is none; settimeout(0) is non-blocking
         kept = super().handle_request(listener_name, req, sock, addr)
         if _body_left(req):  # refused unread (413): close rather than drain megabytes to keep it alive
             raise StopIteration("request body left unread")

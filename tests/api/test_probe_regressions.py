@@ -157,3 +157,31 @@ class TestChunkedBodies:
                     break
         assert got.split(b" ", 2)[1] == b"413", got
         assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_too_large"
+
+
+class TestNoTimeout:
+    """gunicorn's `--timeout 0` means no timeout; a socket timeout of 0 would make it non-blocking."""
+
+    @pytest.fixture
+    def live_api_env(self, live_api_env):
+        return {**live_api_env, "GUNICORN_CMD_ARGS": "--timeout 0"}
+
+    def test_a_body_that_arrives_late_is_still_read(self, live_api):
+        import socket
+        import time
+        from urllib.parse import urlsplit
+
+        body = json.dumps({**GOOD, "prompt": "x" * 3000}).encode()
+        parts = urlsplit(live_api.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live_api.admin_key}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            time.sleep(0.5)  # the app is waiting on the body now
+            sock.sendall(body)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+                if b"\r\n\r\n" in got and got.endswith(b"}\n"):
+                    break
+        assert got.split(b" ", 2)[1] == b"422", got
+        assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["field"] == "prompt"
