@@ -129,4 +129,4 @@ def _error(response: requests.Response) -> KilnAPIError:
         code, message, field = "http_error", response.text[:200] or response.reason, None
     retry = response.headers.get("Retry-After")
     return KilnAPIError(response.status_code, code, message, field,
-                        float(retry) if retry and retry.isdigit() else None)
+                        float(retry) if retry and retry.isascii() and retry.isdigit() else None)

@@ -234,7 +234,7 @@ def _once(method: str, url: str, policy: Policy, body: bytes | None, headers: di
 
 def _read_capped(answer: http.client.HTTPResponse, max_bytes: int, deadline: float) -> bytes:
     length = answer.getheader("content-length")
-    if length and length.isdigit() and int(length) > max_bytes:
+    if length and length.isascii() and length.isdigit() and int(length) > max_bytes:
         raise InputRefused(f"the response is {length} bytes; at most {max_bytes} are allowed", code="too_large")
     chunks, size = [], 0
     while chunk := answer.read(65536):

@@ -144,3 +144,9 @@ def test_signature_rejects_tampering_and_old_timestamps():
     assert not verify("s" * 16, header, b'{"a":2}', now=1100)
     assert not verify("s" * 16, header, body, now=2000)
     assert not verify("s" * 16, "garbage", body, now=1100)
+
+
+def test_verify_refuses_a_non_ascii_digit_timestamp():
+    body = b'{"id": "job_1"}'
+    signature = sign("secret-0123456789abcdef", 1, body)
+    assert not verify("secret-0123456789abcdef", f"t=\u00b2,v1={signature}", body)  # '²'.isdigit() is true

@@ -97,3 +97,15 @@ def test_generate_sends_loras_and_guidance(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--url", "http://127.0.0.1:9", "generate", "a cat", "--lora", "ink:lots"])
     assert "--lora scale must be a number" in capsys.readouterr().err
+
+
+def test_a_non_ascii_digit_retry_after_is_ignored():
+    import requests
+
+    from kiln_client.client import _error
+
+    response = requests.Response()
+    response.status_code, response.headers["Retry-After"] = 429, "\u00b2"
+    response._content = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
+    error = _error(response)
+    assert (error.status, error.code, error.retry_after) == (429, "rate_limited", None)
