@@ -70,7 +70,8 @@ OPERATIONS: list[tuple] = [
     ("get", "/livez", "livez", "Liveness", [], None, {"200": "Health"}, True),
 ]
 ERRORS = {"400": "bad request", "401": "no, unknown or revoked key", "403": "needs an admin key",
-          "404": "not found (or another owner's)", "405": "method not allowed", "409": "conflict",
+          "404": "not found (or another owner's)", "405": "method not allowed",
+          "408": "the request body stopped arriving", "409": "conflict",
           "413": "too large", "422": "invalid field", "429": "quota exhausted (see Retry-After)",
           "503": "unavailable"}
 
