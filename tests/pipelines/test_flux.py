@@ -73,7 +73,7 @@ def test_flux_without_guidance_embeds_matches_diffusers(flux_schnell):
 def test_flux_embeds_latents_and_output_types(flux):
     ref, pipe, _ = flux
     embeds, pooled, _ = ref.encode_prompt("a red cat", prompt_2=None, max_sequence_length=16)
-    cond = pipe.encode_prompt("a red cat", max_sequence_length=16)
+    cond = pipe.encode_conditioning("a red cat", max_sequence_length=16)
     assert torch.allclose(cond.prompt_embeds, embeds, atol=1e-5)
     assert torch.allclose(cond.added["pooled_projections"], pooled, atol=1e-5)
     latents = torch.randn(1, 64, 64, generator=seeded(5))  # packed: (B, 16·16/4, 4·16)
@@ -262,7 +262,7 @@ def test_text_encoders_in_another_dtype_than_the_transformer(flux):
     _, pipe, _ = flux
     view = FluxPipeline(**{**pipe.components, "text_encoder": pipe.text_encoder.to(torch.bfloat16)})
     try:
-        cond = view.encode_prompt("a cat", max_sequence_length=16)
+        cond = view.encode_conditioning("a cat", max_sequence_length=16)
         assert cond.prompt_embeds.dtype == torch.float32 and cond.added["pooled_projections"].dtype == torch.float32
         assert view(prompt="a cat", **ARGS).images.shape == (1, 32, 32, 3)
     finally:
@@ -323,6 +323,6 @@ def test_flux_denoise_step_batches_jobs_with_their_own_timesteps_and_guidance(fl
     both = pipe.denoise_step(latents, t, Conditioning.cat([a, b]), sampling([0, 1]))
     alone = [pipe.denoise_step(latents[i : i + 1], t[i], c, sampling([i])) for i, c in enumerate((a, b))]
     assert torch.allclose(both, torch.cat(alone), atol=1e-5)
-    unguided = pipe.denoise_step(latents[1:], t[1], pipe.encode_prompt("a blue dog", max_sequence_length=16),
+    unguided = pipe.denoise_step(latents[1:], t[1], pipe.encode_conditioning("a blue dog", max_sequence_length=16),
                                  sampling([1]))
     assert torch.allclose(alone[1], unguided, atol=1e-5)

@@ -68,7 +68,7 @@ def test_sd35_without_t5_matches_diffusers(sd35_no_t5):
     assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None
     args = {**ARGS, "prompt": ["a cat", "a red dog"], "negative_prompt": ["ugly", "blurry"]}
     assert max_diff(pipe(generator=seeded(1), **args).images, ref(generator=seeded(1), **args).images) < MAX_PIXEL_DIFF
-    cond = pipe.encode_prompt("a cat", max_sequence_length=16)
+    cond = pipe.encode_conditioning("a cat", max_sequence_length=16)
     assert cond.prompt_embeds.shape == (1, 77 + 16, 32) and cond.prompt_embeds[:, 77:].abs().max() == 0
 
 
@@ -86,7 +86,7 @@ def test_sd3_embeds_latents_callback_and_output_types(sd3):
     ref, pipe = sd3
     embeds, negative, pooled, negative_pooled = ref.encode_prompt(
         "a red cat", None, None, negative_prompt="ugly", max_sequence_length=16)
-    cond = pipe.encode_prompt("a red cat", negative_prompt="ugly", max_sequence_length=16)
+    cond = pipe.encode_conditioning("a red cat", negative_prompt="ugly", max_sequence_length=16)
     assert torch.allclose(cond.prompt_embeds, embeds, atol=1e-5)
     assert torch.allclose(cond.negative_added["pooled_projections"], negative_pooled, atol=1e-5)
     seen = []

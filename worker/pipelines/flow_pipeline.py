@@ -1,6 +1,6 @@
 """`FlowMatchPipeline`: the stages FLUX and SD3 pipelines share around their transformer.
 
-    encode_prompt -> Conditioning (per-row text states; pooled text in `added["pooled_projections"]`)
+    encode_conditioning -> Conditioning (per-row text states; pooled text in `added["pooled_projections"]`)
     new_scheduler -> a fresh flow scheduler per call (the pipeline's own is never stepped)
     prepare latents -> denoise (per step: denoise_step = one transformer call, then scheduler.step)
     decode_latents -> images in [−1, 1] -> images.postprocess

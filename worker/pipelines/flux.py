@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import lora_scale as text_lora_scale
 from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.flow import (
@@ -18,7 +19,7 @@ from worker.pipelines.flow import (
     new_flow_scheduler,
     pack_latents,
     packed_latent_size,
-    text_ids,
+    text_ids as flux_text_ids,
     unpack_latents,
 )
 from worker.pipelines.flow_pipeline import POOLED, FlowMatchPipeline, FlowSampling, prompt_batches
@@ -72,6 +73,39 @@ class FluxPipeline(FlowMatchPipeline):
         return states.to(device, dtype), pooled.to(device, dtype)
 
     def encode_prompt(
+        self,
+        prompt: Prompt | None,
+        prompt_2: Prompt | None = None,
+        device: torch.device | str | None = None,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        lora_scale: float | None = None,
+        *,
+        guided: bool | None = None,
+        **negatives: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Conditioning:
+        """Diffusers' signature: `(prompt_embeds, pooled_prompt_embeds, text_ids)`, B·n rows of T5
+        states and pooled CLIP, and the text tokens' RoPE positions (L, 3).
+
+        With Kiln's keyword `guided=` (and the `negative_*` keywords), returns a `Conditioning`
+        (see `encode_conditioning`).
+        """
+        with text_lora_scale(lora_scale):
+            cond = self.encode_conditioning(prompt, prompt_2, num_images_per_prompt, prompt_embeds,
+                                            pooled_prompt_embeds, max_sequence_length, guided=bool(guided),
+                                            **negatives)
+        # Diffusers' tools read the names of this method's first `return` (see SD3's encode_prompt).
+        if guided is None:
+            prompt_embeds, pooled_prompt_embeds = cond.prompt_embeds, cond.added[POOLED]
+            if device is not None:
+                prompt_embeds, pooled_prompt_embeds = prompt_embeds.to(device), pooled_prompt_embeds.to(device)
+            text_ids = flux_text_ids(prompt_embeds.shape[1], prompt_embeds.device, prompt_embeds.dtype)
+            return prompt_embeds, pooled_prompt_embeds, text_ids
+        return cond
+
+    def encode_conditioning(
         self,
         prompt: Prompt | None,
         prompt_2: Prompt | None = None,
@@ -149,7 +183,7 @@ class FluxPipeline(FlowMatchPipeline):
         if self.transformer.config.get("guidance_embeds"):
             guidance = torch.full([latents.shape[0]], float(guidance_scale), device=device, dtype=torch.float32)
         model_kwargs = {
-            "txt_ids": text_ids(cond.prompt_embeds.shape[1], device, dtype),
+            "txt_ids": flux_text_ids(cond.prompt_embeds.shape[1], device, dtype),
             "img_ids": latent_image_ids(h, w, device, dtype),
             "joint_attention_kwargs": joint_attention_kwargs,
         }
@@ -192,7 +226,7 @@ class FluxPipeline(FlowMatchPipeline):
         check_output_type(output_type)
         self.check_callback_inputs(callback_inputs)
         guided = true_cfg_scale > 1 and negative_given
-        return self.encode_prompt(**encode_kwargs, guided=guided)
+        return self.encode_conditioning(**encode_kwargs, guided=guided)
 
     # ------------------------------------------------------------------ text-to-image
     @scaled_by("joint_attention_kwargs")  # LoRA scale

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from worker.lora import lora_scale as text_lora_scale
 from worker.lora import scaled_by
 from worker.pipelines.conditioning import Conditioning
 from worker.pipelines.flow import dynamic_shift_mu, new_flow_scheduler
@@ -92,6 +93,48 @@ class StableDiffusion3Pipeline(FlowMatchPipeline):
         return torch.cat([clip, t5], dim=-2), pooled
 
     def encode_prompt(
+        self,
+        prompt: Prompt | None,
+        prompt_2: Prompt | None = None,
+        prompt_3: Prompt | None = None,
+        device: torch.device | str | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: Prompt | None = None,
+        negative_prompt_2: Prompt | None = None,
+        negative_prompt_3: Prompt | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+        max_sequence_length: int = 256,
+        lora_scale: float | None = None,
+        *,
+        guided: bool | None = None,
+    ) -> tuple[torch.Tensor | None, ...] | Conditioning:
+        """Diffusers' signature: `(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+        negative_pooled_prompt_embeds)`, B·n rows each (negatives None without guidance).
+
+        With Kiln's keyword `guided=`, returns a `Conditioning` (see `encode_conditioning`).
+        """
+        with text_lora_scale(lora_scale):
+            cond = self.encode_conditioning(
+                prompt, prompt_2, prompt_3, num_images_per_prompt,
+                do_classifier_free_guidance if guided is None else guided, negative_prompt, negative_prompt_2,
+                negative_prompt_3, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+                negative_pooled_prompt_embeds, clip_skip, max_sequence_length)
+        # Diffusers' tools read the names of this method's first `return` to map its outputs onto
+        # `__call__` keywords, so Diffusers' form returns first, with those names.
+        if guided is None:
+            move = (lambda t: t.to(device) if t is not None and device is not None else t)
+            prompt_embeds, negative_prompt_embeds = move(cond.prompt_embeds), move(cond.negative_prompt_embeds)
+            pooled_prompt_embeds = move(cond.added[POOLED])
+            negative_pooled_prompt_embeds = move(cond.negative_added.get(POOLED))
+            return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+        return cond
+
+    def encode_conditioning(
         self,
         prompt: Prompt | None,
         prompt_2: Prompt | None = None,
@@ -201,7 +244,7 @@ class StableDiffusion3Pipeline(FlowMatchPipeline):
                     **encode_kwargs: Any) -> Conditioning:
         check_output_type(output_type)
         self.check_callback_inputs(callback_inputs)
-        return self.encode_prompt(**encode_kwargs, guided=self.guided(guidance_scale))
+        return self.encode_conditioning(**encode_kwargs, guided=self.guided(guidance_scale))
 
     # ------------------------------------------------------------------ text-to-image
     @scaled_by("joint_attention_kwargs")  # LoRA scale
