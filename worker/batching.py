@@ -126,12 +126,15 @@ class StepBatcher:
 
     def __init__(self, module: torch.nn.Module, max_rows: int = 16, max_window_s: float = 0.25,
                  name: str = "model", method: str = "forward", min_window_s: float = 0.0,
-                 max_call_cost: int | None = None) -> None:
+                 max_call_cost: int | None = None, upstream: StepBatcher | None = None) -> None:
         """`method` is the module's method the requests call (`forward`, or `decode` for a VAE);
-        `min_window_s` is how long to wait for company even when no other job is expected;
-        `max_call_cost` caps the latent elements of one call (a bigger request runs alone)."""
+        `min_window_s` is how long to wait for company even when no other job is expected — only
+        while `upstream` (the denoiser's batcher, whose jobs come here next) has jobs in its loop,
+        when it is given; `max_call_cost` caps the latent elements of one call (a bigger request
+        runs alone)."""
         self.module, self.max_rows, self.max_window_s, self.name = module, max_rows, max_window_s, name
         self.method, self.min_window_s, self.max_call_cost = method, min_window_s, max_call_cost
+        self.upstream = upstream
         self._closed = False
         self.stats = BatchStats()
         self._inbox: queue.Queue[StepRequest] = queue.Queue()
@@ -199,17 +202,18 @@ class StepBatcher:
         window = min(self.max_window_s, max(0.002, self._call_ema_s))
         started = time.monotonic()
         deadline = started + window
+        min_window = self.min_window_s if self.upstream is None or self.upstream.jobs_in_loop else 0.0
         while rows < self.max_rows:
             with self._lock:
                 expected = self._in_loop
             everyone = len(pending) >= expected
-            if everyone and time.monotonic() - started >= self.min_window_s:
+            if everyone and time.monotonic() - started >= min_window:
                 try:  # everyone is here; take whatever else is already queued, without waiting
                     request = self._inbox.get_nowait()
                 except queue.Empty:
                     break
             else:  # wait for the jobs in the loop, or only `min_window_s` for ones not yet in it
-                remaining = (started + self.min_window_s if everyone else deadline) - time.monotonic()
+                remaining = (started + min_window if everyone else deadline) - time.monotonic()
                 if remaining <= 0:
                     break
                 try:

@@ -129,9 +129,9 @@ def _step_callback(pipe: Any, total: int, params: JobParams, session: Session, d
     def callback(_pipe: Any, index: int, _t: Any, tensors: dict) -> dict:
         step = index + 1
         if step == total:
-            session.leave()  # no more denoiser calls: don't hold the batch back while decoding
             if decode_session is not None:  # jobs finishing in the same step share one decode call
                 decode_session.join()
+            session.leave()  # no more denoiser calls: don't hold the batch back while decoding
         on_step(step, total)
         if on_preview is not None and every and step % every == 0 and step < total:
             on_preview(step, spatial_latents(pipe, tensors["latents"], params))

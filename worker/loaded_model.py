@@ -68,9 +68,11 @@ def call_cost_cap(pipeline: Any, max_rows: int, size: tuple[int, int]) -> int:
 
 def load_model(name: str, pipeline: Any, max_rows: int, max_call_cost: int | None = None) -> LoadedModel:
     """The cache's value for a pipeline: its batchers started (`max_call_cost`: see `call_cost_cap`)."""
-    decoder = None
-    if getattr(pipeline, "vae", None) is not None and not pipeline.upcasts_vae:
-        decoder = StepBatcher(pipeline.vae, max_rows=max_rows, name=f"{name}-vae", method="decode", min_window_s=0.005)
     denoiser = denoiser_name(pipeline)
     batcher = StepBatcher(getattr(pipeline, denoiser), max_rows=max_rows, name=name, max_call_cost=max_call_cost)
+    decoder = None
+    if getattr(pipeline, "vae", None) is not None and not pipeline.upcasts_vae:
+        # A decode waits 5 ms for jobs finishing the same step, while any job is still denoising.
+        decoder = StepBatcher(pipeline.vae, max_rows=max_rows, name=f"{name}-vae", method="decode",
+                              min_window_s=0.005, upstream=batcher)
     return LoadedModel(name, pipeline, batcher, decoder, denoiser)

@@ -235,6 +235,34 @@ def test_a_lone_request_waits_only_the_minimum_window():
         batcher.close()
 
 
+def test_a_decode_waits_for_company_only_while_jobs_are_still_denoising():
+    """The decode batcher's minimum window is for jobs finishing the same step as this one: with
+    nobody left in the denoiser's loop there is nobody to wait for."""
+    from worker.batching import StepBatcher, StepRequest
+
+    class Decoder(torch.nn.Module):
+        def decode(self, z, return_dict=False):
+            return (z + 1,)
+
+    denoiser = StepBatcher(torch.nn.Identity(), name="unet")
+    decoder = StepBatcher(Decoder(), name="vae", method="decode", min_window_s=3.0, upstream=denoiser)
+
+    def decode_alone():
+        with decoder.session() as session:
+            started = time.monotonic()
+            session.request(StepRequest(torch.zeros(1, 2), None, {}))
+            return time.monotonic() - started
+
+    try:
+        assert decode_alone() < 1.5
+        with denoiser.session() as other:
+            other.join()  # another job is still denoising: it may finish this step too
+            assert decode_alone() >= 3.0
+    finally:
+        decoder.close()
+        denoiser.close()
+
+
 def test_concurrent_prompt_encoding_matches_sequential(sd):
     """Jobs share a cached tokenizer whose padding settings are per-call state (regression: a
     concurrent job's negative prompt came out 2 tokens long)."""
