@@ -21,6 +21,10 @@ part of the layout key. Text of different lengths never shares a call (grouping 
 docs/performance.md). A call's cost is its latent elements: groups run cheapest first and no call
 holds more than `max_call_cost` elements, so one oversized job cannot make a round of small jobs
 wait behind a call that also carries them. `close()` stops the thread and drops the model.
+
+VAE decodes go through a second batcher (`BatchedDecoder`, `upstream` = the denoiser's): a job
+joins it at its last step and leaves once decoded, so jobs finishing the same step share one
+decode call; it waits `min_window_s` for company only while jobs are still denoising.
 """
 
 from __future__ import annotations
