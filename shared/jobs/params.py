@@ -112,10 +112,6 @@ class JobParams(BaseModel):
         data = self.model_dump(mode="json")
         return {k: v for k, v in data.items() if not (k in _OMITTED_WHEN_EMPTY and v in (None, [], ()))}
 
-    def public(self) -> dict[str, Any]:
-        """The flat layout clients see (`GET /v1/jobs/<id>`'s `params`)."""
-        return public_view(self.to_stored())
-
     def request_fields(self) -> dict[str, Any]:
         """These params as a `POST /v1/jobs` body: the same job again (the dashboard's retry)."""
         return request_body(self.to_stored())
