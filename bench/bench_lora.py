@@ -81,6 +81,44 @@ def one_at_a_time(pipe, catalog, jobs) -> float:
     return time.perf_counter() - start
 
 
+def unet_call_costs(pipe, jobs: int, repeats: int = 15) -> dict[str, float]:
+    """Median ms of one UNet call at 2·jobs rows (jobs × CFG) with no adapter, with one adapter per
+    job on merged slot weights, and the same on the delta path (base output + per-row deltas)."""
+    from worker.lora import adapter_rows, layer
+
+    config = pipe.unet.config
+    rows = 2 * jobs
+    x = torch.randn(rows, config.in_channels, config.sample_size, config.sample_size)
+    t, text = torch.full((rows,), 500), torch.randn(rows, 77, config.cross_attention_dim)
+    routing = [{f"style-{k}": 1.0} for k in range(jobs)]
+
+    def timed(routed: bool) -> float:
+        def call():
+            if routed:
+                with adapter_rows(routing):
+                    pipe.unet(x, t, encoder_hidden_states=text)
+            else:
+                pipe.unet(x, t, encoder_hidden_states=text)
+        for _ in range(3):
+            call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+    limit = layer.MERGE_MAX_ELEMENTS
+    with torch.inference_mode():
+        costs = {"base": timed(False), "merged": timed(True)}
+        layer.MERGE_MAX_ELEMENTS = 0
+        try:
+            costs["delta"] = timed(True)
+        finally:
+            layer.MERGE_MAX_ELEMENTS = limit
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=8)
@@ -127,6 +165,13 @@ def main() -> None:
     print(f"\nmixed vs one at a time: {median['sequential'] / median['mixed']:.2f}× faster (goal ≥ 2×); "
           f"mixed / no adapter batched: {median['mixed'] / median['plain']:.2f}× (goal ≤ 1.25×); "
           f"batching alone (no adapter, one at a time / batched): {median['plain_sequential'] / median['plain']:.2f}×")
+    for name in [spec.name for spec in loras]:  # the served pipeline holds the adapters (LRU)
+        assert name in served.get_list_adapters().get("unet", []), name
+    costs = unet_call_costs(served, args.jobs)
+    print(f"\nOne UNet call, {2 * args.jobs} rows ({args.jobs} jobs × CFG), median ms: no adapter "
+          f"{costs['base']:.1f}; an adapter per job on merged slot weights {costs['merged']:.1f} "
+          f"({costs['merged'] / costs['base']:.2f}×); on the delta path {costs['delta']:.1f} "
+          f"({costs['delta'] / costs['base']:.2f}×)")
     loaded.close()
 
 
