@@ -12,7 +12,7 @@ import torch
 from worker.lora import scaled_by
 from worker.pipelines.flow import flow_strength_timesteps, noise_to, pack_latents
 from worker.pipelines.flux import FluxPipeline
-from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
+from worker.pipelines.images import ImageInput, check_mask_crop, preprocess_image, preprocess_mask
 from worker.pipelines.img2img import repeat_to_batch
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
@@ -187,6 +187,7 @@ class FluxInpaintPipeline(FluxImg2ImgPipeline):
         masked_image_latents: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
+        padding_mask_crop: int | None = None,
         strength: float = 0.6,
         num_inference_steps: int = 28,
         sigmas: list[float] | None = None,
@@ -208,6 +209,7 @@ class FluxInpaintPipeline(FluxImg2ImgPipeline):
         """Repaint the white region of `mask_image` in `image` following the prompt."""
         if mask_image is None:
             raise ValueError("inpainting needs a `mask_image`")
+        check_mask_crop(padding_mask_crop)
         encode_kwargs = dict(
             prompt=prompt, prompt_2=prompt_2, num_images_per_prompt=num_images_per_prompt,
             prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,

@@ -16,7 +16,7 @@ import torch
 from worker.lora import scaled_by
 from worker.pipelines.img2img import repeat_to_batch, strength_schedule
 from worker.pipelines.diffusers_logs import pipeline_logger
-from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
+from worker.pipelines.images import ImageInput, check_mask_crop, preprocess_image, preprocess_mask
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
 from worker.pipelines.stable_diffusion import (
@@ -136,6 +136,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         masked_image_latents: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
+        padding_mask_crop: int | None = None,
         strength: float = 1.0,
         num_inference_steps: int = 50,
         timesteps: list[int] | None = None,
@@ -158,6 +159,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         """Repaint the white region of `mask_image` in `image` following `prompt`."""
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
+        check_mask_crop(padding_mask_crop)
         height, width = self.default_size(height, width)
         channels = self.unet_channels  # a UNet that cannot inpaint fails before any encoding
         cond = self._start_call(output_type, callback_on_step_end_tensor_inputs, guidance_scale, prompt,
