@@ -66,3 +66,12 @@ def test_flow_match_heun_few_steps_to_float_rounding(shift: float, steps: int) -
     ours = kiln.FlowMatchHeunDiscreteScheduler(shift=shift)
     theirs = diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
     assert relative_error(sample_loop(ours, steps), sample_loop(theirs, steps)) < 1e-6
+
+
+@pytest.mark.parametrize("respacing", [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"])
+def test_kdpm2_timesteps_have_diffusers_dtype_and_values(respacing) -> None:
+    ours, theirs = _pair("KDPM2DiscreteScheduler", **({respacing: True} if respacing else {}))
+    ours.set_timesteps(5)
+    theirs.set_timesteps(5)
+    assert ours.timesteps.dtype == theirs.timesteps.dtype
+    torch.testing.assert_close(ours.timesteps, theirs.timesteps, rtol=1e-6, atol=1e-6)

@@ -73,12 +73,14 @@ class KDPM2DiscreteScheduler(VEScheduleMixin):
         sig_t = torch.from_numpy(sig)  # (n + 1,)
         # σ_mid[i] = √(σ_i σ_{i−1}); σ_mid[0] pairs σ_0 with the final σ (0) and is never used.
         mid = sig_t.log().lerp(sig_t.roll(1).log(), 0.5).exp()
-        ts_mid = torch.from_numpy(sigma_to_t(mid.numpy(), self._log_sigmas)).to(torch.float32)
-        ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float32))
+        # Diffusers keeps the respaced (Karras/exponential/β) timesteps, and so the interleaved ones, in float64.
+        dtype = torch.float64 if self._respacing else torch.float32
+        ts_mid = torch.from_numpy(sigma_to_t(mid.numpy(), self._log_sigmas)).to(dtype)
+        ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float64)).to(dtype)
         # [t_0, t_mid1, t_1, t_mid2, t_2, …, t_mid(n−1), t_(n−1)]
         interleaved = torch.stack((ts_mid[1:-1], ts_t[1:]), dim=-1).flatten()
         self.sigmas_interpol = _pair_up(mid)
-        self._finish_set_timesteps(torch.cat([ts_t[:1], interleaved]), _pair_up(sig_t), device)
+        self._finish_set_timesteps(torch.cat([ts_t[:1], interleaved]), _pair_up(sig_t), device, dtype)
 
     def _input_sigma(self) -> torch.Tensor:
         table = self.sigmas if self.state_in_first_order else self.sigmas_interpol

@@ -120,7 +120,8 @@ class VEScheduleMixin(VPScheduleMixin):
         sigma = sigmas[self._step_indices(timesteps.to(original.device))]
         return original + broadcast_to(sigma, original) * noise
 
-    def _finish_set_timesteps(self, timesteps: torch.Tensor, sigmas: torch.Tensor, device: Any) -> None:
-        self.timesteps = timesteps.to(device=device, dtype=torch.float32)
+    def _finish_set_timesteps(self, timesteps: torch.Tensor, sigmas: torch.Tensor, device: Any,
+                              dtype: torch.dtype = torch.float32) -> None:
+        self.timesteps = timesteps.to(device=device, dtype=dtype)
         self.sigmas = sigmas.to("cpu")  # indexed on the host every step
         self._reset()
