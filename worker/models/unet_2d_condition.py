@@ -160,10 +160,15 @@ class UNet2DConditionModel(ModelMixin):
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
+        down_intrablock_additional_residuals: Sequence[torch.Tensor] | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> UNetOutput | tuple:
         """Predict for a batch; the extra residuals are ControlNet's, added to skips and mid output.
+
+        `down_intrablock_additional_residuals` are a T2I-Adapter's, added inside the down levels (and
+        after the mid block when one matches its shape). As in Diffusers, `down_block_additional_residuals`
+        given without `mid_block_additional_residual` are taken as a T2I-Adapter's (their legacy form).
 
         Args:
             timestep_cond: (B, time_cond_proj_dim) guidance embedding of LCM models.
@@ -178,10 +183,17 @@ class UNet2DConditionModel(ModelMixin):
             else encoder_hidden_states
         mask = _mask_bias(encoder_attention_mask, sample.dtype)
         extra = {k: v for k, v in (cross_attention_kwargs or {}).items() if k != "scale"}  # scale: LoRA's
+        if down_intrablock_additional_residuals is None and mid_block_additional_residual is None \
+                and down_block_additional_residuals is not None:
+            down_intrablock_additional_residuals = down_block_additional_residuals
+            down_block_additional_residuals = None
+        adapter = list(down_intrablock_additional_residuals or [])  # consumed front to back, a copy
         with processor_kwargs(extra):
-            h, skips = self._down(self.conv_in(sample), emb, context, mask, down_block_additional_residuals)
+            h, skips = self._down(self.conv_in(sample), emb, context, mask, down_block_additional_residuals, adapter)
             if self.mid_block is not None:
                 h = self.mid_block(h, emb, context, mask)
+                if adapter and adapter[0].shape == h.shape:  # T2I-Adapter-XL's last residual
+                    h = h + adapter.pop(0)
             if mid_block_additional_residual is not None:
                 h = h + mid_block_additional_residual
             h = self._up(h, skips, emb, context, mask, sample.shape[-2:])
@@ -221,10 +233,18 @@ class UNet2DConditionModel(ModelMixin):
         return self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(dtype))
 
     def _down(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
-              residuals: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+              residuals: Sequence[torch.Tensor] | None, adapter: list[torch.Tensor],
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Down levels; `adapter` (T2I-Adapter residuals, one per level while they last) is consumed."""
         skips = [h]
         for block in self.down_blocks:
-            h, block_skips = block(h, emb, context, mask)
+            if block.attention == "cross":  # added inside the level, after its last attention
+                h, block_skips = block(h, emb, context, mask, intrablock=adapter.pop(0) if adapter else None)
+            else:
+                h, block_skips = block(h, emb, context, mask)
+                if adapter:  # added to the level's output, which is also its last skip (Diffusers adds in place)
+                    h = h + adapter.pop(0)
+                    block_skips = (*block_skips[:-1], h)
             skips.extend(block_skips)
         if residuals is not None:
             if len(residuals) != len(skips):

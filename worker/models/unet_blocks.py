@@ -164,12 +164,16 @@ class DownBlock(Level):
             self.downsamplers = nn.ModuleList([self.resampler(spec, out, "down")])
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                context_mask: torch.Tensor | None = None, intrablock: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`intrablock`: a T2I-Adapter residual, added after the last (resnet, attention) pair."""
         skips = []
         for i, resnet in enumerate(self.resnets):
             h = self.run(resnet, h, temb)
             if self.attentions is not None:
                 h = self.run(self.attentions[i], h, context, context_mask)
+            if intrablock is not None and i == len(self.resnets) - 1:
+                h = h + intrablock
             skips.append(h)
         if self.downsamplers is not None:
             h = self.resample_call(self.downsamplers[0], h, temb)
