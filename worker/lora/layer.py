@@ -10,14 +10,15 @@ The base output W x + b is computed once for the whole batch. A linear layer the
 delta in one batched matmul pair whatever the mix (Punica's "BGMV"): each distinct adapter set of
 the call is a slot whose A is its adapters' A stacked along the rank and whose B is their
 weighted, α/r-scaled B side by side (zero-padded to the largest total rank; the empty set is all
-zeros), built once per (routing, adapters) and reused by every step of a batch; each row gathers
+zeros), built once per mix of adapter sets and reused by every step of a batch; each row gathers
 its slot. On narrow float32 layers, where a rank-r delta is a large share of the layer's work (a
 quarter to a half at widths 32–64), a routed call instead runs each row through its slot's merged
-weight W + ΔW_slot in one `bmm` (built once per routing, scale and weight version; see
-`LoraLinear._merges`) — no more arithmetic than the base layer. Otherwise (convolutions, or no
-routing) each adapter gets one grouped matmul over only the rows that use it (gather, A then B,
-scatter-add). Rows with no adapter add nothing. Which rows
-use which adapters comes from `worker.lora.routing` (per call); without a routing context every row
+weight W + ΔW_slot in one `bmm` (see `LoraLinear._merges`) — no more arithmetic than the base
+layer. Slot tensors depend only on the mix of adapter sets, not on the order of the rows (which
+the batcher changes from step to step), and each layer keeps those of its last few mixes.
+Otherwise (convolutions, or no routing) each adapter gets one grouped matmul over only the rows
+that use it (gather, A then B, scatter-add). Rows with no adapter add nothing. Which rows use
+which adapters comes from `worker.lora.routing` (per call); without a routing context every row
 uses the layer's own active set (`set_active`).
 
 The layers are subclasses of the layer they replace and share its Parameters, so state-dict keys,
@@ -26,6 +27,9 @@ tensors are non-persistent buffers (moved by `.to()`, never saved with the model
 """
 
 from __future__ import annotations
+
+import collections
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +61,14 @@ class LoraWeights(nn.Module):
 
 
 # Routed linear layers run on per-slot merged weights when all slots' copies hold at most this many
-# elements (4 MiB in float32) and rows have at least this many tokens; see `LoraLinear._merges`.
-MERGE_MAX_ELEMENTS = 1 << 20
+# elements (1 MiB in float32), rows have at least this many tokens, and the deltas would cost at
+# least 1/MERGE_MIN_DELTA_SHARE of the layer's multiply-adds; see `LoraLinear._merges`.
+MERGE_MAX_ELEMENTS = 1 << 18
 MERGE_MIN_TOKENS = 16
+MERGE_MIN_DELTA_SHARE = 8
+# Per-slot tensors kept per layer: one entry per mix of adapter sets (a round of calls with two
+# resolutions, or two groups of jobs, alternates between two mixes).
+SLOT_CACHE_ENTRIES = 2
 
 
 class LoraLayerMixin:
@@ -73,8 +82,9 @@ class LoraLayerMixin:
         self.__dict__["_base_module"] = base  # not a submodule: returned by `unwrap`
         self.__dict__["_original_weight"] = None
         self.__dict__["_version"] = 0  # bumped when adapters change: stale slot stacks are rebuilt
-        self.__dict__["_slot_cache"] = None  # (key, A (S, r, in), B (S, out, r)) of the last routing
-        self.__dict__["_merged_cache"] = None  # (key, W + ΔW (S, out, in)) of the last routing, if merged
+        # Per-slot tensors of the last few mixes of adapter sets (`SLOT_CACHE_ENTRIES`), by key:
+        # ("stacks", slots, version) -> A (S, r, in), B (S, out, r); ("merged", ...) -> W + ΔW (S, out, in).
+        self.__dict__["_slot_cache"] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, weights: LoraWeights) -> None:
@@ -173,50 +183,44 @@ class LoraLinear(LoraLayerMixin, nn.Linear):
     def _slotted_forward(self, x: torch.Tensor, rows: AdapterRows, scale: float) -> torch.Tensor:
         """A routed call: each row through its slot's merged weight when that is cheaper, else the
         base output for the whole batch plus every row's delta."""
-        n = x.shape[0]
-        tokens = x[0].numel() // self.in_features if n else 0
-        if self._merges(rows, tokens):
-            merged = self._merged_slots(rows, scale)
-            if merged is not None:
-                weight = merged.index_select(0, rows.slot_index(n, x.device))  # (N, out, in)
-                y = torch.bmm(x.reshape(n, tokens, self.in_features), weight.transpose(1, 2))
-                if self.bias is not None:
-                    y = y.add_(self.bias)
-                return y.view(*x.shape[:-1], self.out_features)
-        return self._add_slots(self._base_forward(x), x, rows, scale)
-
-    def _merges(self, rows: AdapterRows, tokens: int) -> bool:
-        """Whether a routed call runs on per-slot merged weights W + ΔW_slot instead of adding deltas.
-
-        A rank-r delta costs r·(in + out) multiply-adds per token against the base's in·out: a
-        quarter to a half on 32–64-wide layers, a few percent on an SD-sized one. A merged slot costs
-        nothing extra per token but holds a weight copy per slot and gathers one per row, so it is
-        taken only for float32 layers whose slot copies are small (`MERGE_MAX_ELEMENTS`) and for rows
-        of at least `MERGE_MIN_TOKENS` tokens (the gather is then a small share of the matmul).
-        Float32 only: in half precision W + ΔW rounds differently from W x + ΔW x."""
-        return (self.weight.dtype == torch.float32 and tokens >= MERGE_MIN_TOKENS
-                and len(rows.slots) * self.in_features * self.out_features <= MERGE_MAX_ELEMENTS)
-
-    def _merged_slots(self, rows: AdapterRows, scale: float) -> torch.Tensor | None:
-        """(S, out, in): the base weight plus `scale` times each slot's weighted deltas; None when
-        no slot uses an adapter of this layer. Cached for the last (routing, adapters, scale, weight)."""
-        key = ("merged", rows.rows, self._version, scale, self.weight._version, self.weight.data_ptr())
-        cached = self._merged_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        stacks = self._slot_stacks(rows)
-        merged = None
-        if stacks is not None:
-            down, up = stacks
-            merged = torch.baddbmm(self.weight.detach().expand(len(rows.slots), -1, -1), up, down, alpha=scale)
-        self.__dict__["_merged_cache"] = (key, merged)
-        return merged
-
-    def _add_slots(self, out: torch.Tensor, x: torch.Tensor, rows: AdapterRows, scale: float) -> torch.Tensor:
-        """out[n] += scale · B_slot(n) A_slot(n) x[n] for every row n, in two `bmm`s."""
         stacks = self._slot_stacks(rows)
         if stacks is None:  # no slot uses an adapter of this layer
-            return out
+            return self._base_forward(x)
+        n = x.shape[0]
+        tokens = x[0].numel() // self.in_features if n else 0
+        if self._merges(len(rows.slots), stacks[0].shape[1], tokens):
+            merged = self._cached(("merged", rows.slots, self._version, scale, self.weight._version,
+                                   self.weight.data_ptr()), lambda: self._merge(stacks, scale))
+            weight = merged.index_select(0, rows.slot_index(n, x.device))  # (N, out, in)
+            y = torch.bmm(x.reshape(n, tokens, self.in_features), weight.transpose(1, 2))
+            if self.bias is not None:
+                y = y.add_(self.bias)
+            return y.view(*x.shape[:-1], self.out_features)
+        return self._add_slots(self._base_forward(x), x, rows, stacks, scale)
+
+    def _merges(self, slots: int, rank: int, tokens: int) -> bool:
+        """Whether a routed call runs on per-slot merged weights W + ΔW instead of adding deltas.
+
+        A rank-r delta costs r·(in + out) multiply-adds per token against the base's in·out: a
+        quarter to a half on 32–64-wide layers, a few percent on an SD-sized one. A merged slot
+        costs nothing extra per token but holds a weight copy per slot and gathers one per row, so
+        it is taken only where the deltas would cost at least 1/`MERGE_MIN_DELTA_SHARE` of the
+        layer, the slot copies are small (`MERGE_MAX_ELEMENTS`), rows have at least
+        `MERGE_MIN_TOKENS` tokens (the gather is then a small share of the matmul), and the layer is
+        float32 (in half precision W + ΔW rounds differently from W x + ΔW x)."""
+        inputs, outputs = self.in_features, self.out_features
+        return (self.weight.dtype == torch.float32 and tokens >= MERGE_MIN_TOKENS
+                and slots * inputs * outputs <= MERGE_MAX_ELEMENTS
+                and MERGE_MIN_DELTA_SHARE * rank * (inputs + outputs) >= inputs * outputs)
+
+    def _merge(self, stacks: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """(S, out, in): the base weight plus `scale` times each slot's weighted deltas."""
+        down, up = stacks
+        return torch.baddbmm(self.weight.detach().expand(down.shape[0], -1, -1), up, down, alpha=scale)
+
+    def _add_slots(self, out: torch.Tensor, x: torch.Tensor, rows: AdapterRows,
+                   stacks: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """out[n] += scale · B_slot(n) A_slot(n) x[n] for every row n, in two `bmm`s."""
         down, up = stacks
         slot = rows.slot_index(x.shape[0], x.device)
         n = x.shape[0]
@@ -227,27 +231,35 @@ class LoraLinear(LoraLayerMixin, nn.Linear):
 
     def _slot_stacks(self, rows: AdapterRows) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A (S, r, in) and weighted, α/r-scaled B (S, out, r) of each slot, zero-padded to the
-        largest total rank r; cached for the last (routing, adapters) seen."""
-        key = (rows.rows, self._version)
-        cached = self._slot_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        slots = [[(self.lora[name], weight) for name, weight in slot if name in self.lora] for slot in rows.slots]
+        largest total rank r; None when no slot uses an adapter of this layer."""
+        return self._cached(("stacks", rows.slots, self._version), lambda: self._stack(rows.slots))
+
+    def _stack(self, slot_sets: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+        slots = [[(self.lora[name], weight) for name, weight in slot if name in self.lora] for slot in slot_sets]
         rank = max((sum(w.rank for w, _ in slot) for slot in slots), default=0)
-        stacks = None
-        if rank:
-            down = self.weight.new_zeros(len(slots), rank, self.in_features)
-            up = self.weight.new_zeros(len(slots), self.out_features, rank)
-            for s, slot in enumerate(slots):
-                start = 0
-                for weights, weight in slot:
-                    end = start + weights.rank
-                    down[s, start:end] = weights.down
-                    up[s, :, start:end] = weights.up * (weight * weights.scaling)
-                    start = end
-            stacks = (down, up)
-        self.__dict__["_slot_cache"] = (key, stacks)
-        return stacks
+        if not rank:
+            return None
+        down = self.weight.new_zeros(len(slots), rank, self.in_features)
+        up = self.weight.new_zeros(len(slots), self.out_features, rank)
+        for s, slot in enumerate(slots):
+            start = 0
+            for weights, weight in slot:
+                end = start + weights.rank
+                down[s, start:end] = weights.down
+                up[s, :, start:end] = weights.up * (weight * weights.scaling)
+                start = end
+        return down, up
+
+    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """The value for `key` from this layer's small LRU of per-slot tensors, built on a miss."""
+        cache = self._slot_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = build()
+        while len(cache) > 2 * SLOT_CACHE_ENTRIES:  # stacks and merged weights of each mix
+            cache.popitem(last=False)
+        return value
 
     @classmethod
     def wrap(cls, base: nn.Linear) -> LoraLinear:

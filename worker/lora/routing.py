@@ -62,8 +62,12 @@ class AdapterRows:
 
     @property
     def slots(self) -> tuple[tuple[tuple[str, float], ...], ...]:
-        """The distinct adapter sets of the rows, in order of first use (the empty set included)."""
-        return tuple(dict.fromkeys(self.rows))
+        """The distinct adapter sets of the rows (the empty set included), sorted: the same mix of
+        jobs gives the same slots whatever order its rows come in, so a layer's per-slot tensors
+        are reused across calls that order the rows differently."""
+        if "slots" not in self._groups:
+            self._groups["slots"] = tuple(sorted(set(self.rows)))
+        return self._groups["slots"]
 
     def slot_index(self, batch: int, device: torch.device) -> torch.Tensor:
         """(batch,) index into `slots` of each row's adapter set (rows tiled as in `groups`)."""
