@@ -217,3 +217,21 @@ def test_the_same_mix_in_another_row_order_reuses_the_slot_tensors(pipe):
         shuffled = run_unet(pipe.unet, x[order], t[order], text[order])
     assert {key: id(value) for key, value in target._slot_cache.items()} == cached
     assert (shuffled - forward[order]).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+def test_slot_tensors_follow_the_model_to_another_dtype(sd_folder):
+    """`.to()` moves the weights and adapters; per-slot tensors cached before it must not be used."""
+    from worker.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(sd_folder)
+    state = {f"unet.{k}": v for k, v in peft_layers(random_lora(pipe.unet, UNET_TARGETS, 4, 5)).items()}
+    pipe.load_lora_weights(state, adapter_name="a")
+    x, t, text = unet_inputs(2)
+    with adapter_rows([{"a": 1.0}, {}]):
+        run_unet(pipe.unet, x, t, text)  # caches float32 stacks
+        pipe.unet.double()
+        routed = run_unet(pipe.unet, x.double(), t, text.double())
+    pipe.set_adapters("a")
+    alone = run_unet(pipe.unet, x[:1].double(), t[:1], text[:1].double())
+    assert routed.dtype == torch.float64 and (routed[0] - alone[0]).abs().max() <= 1e-8

@@ -232,7 +232,8 @@ class LoraLinear(LoraLayerMixin, nn.Linear):
     def _slot_stacks(self, rows: AdapterRows) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A (S, r, in) and weighted, α/r-scaled B (S, out, r) of each slot, zero-padded to the
         largest total rank r; None when no slot uses an adapter of this layer."""
-        return self._cached(("stacks", rows.slots, self._version), lambda: self._stack(rows.slots))
+        key = ("stacks", rows.slots, self._version, self.weight.device, self.weight.dtype)  # .to() moves weights
+        return self._cached(key, lambda: self._stack(rows.slots))
 
     def _stack(self, slot_sets: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
         slots = [[(self.lora[name], weight) for name, weight in slot if name in self.lora] for slot in slot_sets]
