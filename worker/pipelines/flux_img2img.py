@@ -12,7 +12,8 @@ import torch
 from worker.lora import scaled_by
 from worker.pipelines.flow import flow_strength_timesteps, noise_to, pack_latents
 from worker.pipelines.flux import FluxPipeline
-from worker.pipelines.images import ImageInput, check_mask_crop, preprocess_image, preprocess_mask
+from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
+from worker.pipelines.mask_crop import check_padding_mask_crop, crop_for_call
 from worker.pipelines.img2img import repeat_to_batch
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
@@ -206,10 +207,15 @@ class FluxInpaintPipeline(FluxImg2ImgPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         max_sequence_length: int = 512,
     ) -> ImagePipelineOutput | tuple[Any]:
-        """Repaint the white region of `mask_image` in `image` following the prompt."""
+        """Repaint the white region of `mask_image` in `image` following the prompt; `padding_mask_crop`
+        inpaints only a padded crop around the mask and pastes it back (as the SD inpaint pipeline)."""
         if mask_image is None:
             raise ValueError("inpainting needs a `mask_image`")
-        check_mask_crop(padding_mask_crop)
+        check_padding_mask_crop(padding_mask_crop, image, mask_image, output_type)
+        height, width = self.default_size(height, width)
+        f2 = self.vae_scale_factor * 2  # the crop is computed at the size the pixels are floored to
+        crop, image, mask_image = crop_for_call(padding_mask_crop, image, mask_image, width, height,
+                                                (width - width % f2, height - height % f2))
         encode_kwargs = dict(
             prompt=prompt, prompt_2=prompt_2, num_images_per_prompt=num_images_per_prompt,
             prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
@@ -228,4 +234,5 @@ class FluxInpaintPipeline(FluxImg2ImgPipeline):
         sampling.after_step = lambda i, t, x: self.blend(
             scheduler, x, start, mask, kept[i + 1] if i + 1 < len(kept) else None)
         latents = self.denoise(start.latents, scheduler, kept, cond, sampling)
-        return self.finish(latents, output_type, return_dict, self.unpacker(height, width))
+        output = self.finish(latents, output_type, return_dict, self.unpacker(height, width))
+        return output if crop is None else crop.paste_into(output)

@@ -159,10 +159,3 @@ def preprocess_mask(
             batch = batch.float().mean(dim=1, keepdim=True)
     return (batch >= 0.5).float()
 
-
-def check_mask_crop(padding_mask_crop: int | None) -> None:
-    """Diffusers' `padding_mask_crop` (inpaint a padded crop around the mask, then paste it back) is
-    accepted at its default, None; a crop size is refused by name rather than silently ignored."""
-    if padding_mask_crop is not None:
-        raise ValueError(f"padding_mask_crop={padding_mask_crop!r} is not supported (inpainting runs on the "
-                         "whole image); leave it None")

@@ -16,7 +16,8 @@ import torch
 from worker.lora import scaled_by
 from worker.pipelines.img2img import repeat_to_batch, strength_schedule
 from worker.pipelines.diffusers_logs import pipeline_logger
-from worker.pipelines.images import ImageInput, check_mask_crop, preprocess_image, preprocess_mask
+from worker.pipelines.images import ImageInput, preprocess_image, preprocess_mask
+from worker.pipelines.mask_crop import check_padding_mask_crop, crop_for_call
 from worker.pipelines.output import ImagePipelineOutput
 from worker.pipelines.prompts import Prompt
 from worker.pipelines.stable_diffusion import (
@@ -156,11 +157,16 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImagePipelineOutput | tuple[Any, None]:
-        """Repaint the white region of `mask_image` in `image` following `prompt`."""
+        """Repaint the white region of `mask_image` in `image` following `prompt`.
+
+        With `padding_mask_crop` (pixels), only the mask's bounding box plus that margin, grown to the
+        aspect ratio of height × width, is inpainted at height × width and pasted back through the mask
+        (PIL image and mask in, PIL out at the input's size; see `mask_crop`)."""
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
-        check_mask_crop(padding_mask_crop)
+        check_padding_mask_crop(padding_mask_crop, image, mask_image, output_type)
         height, width = self.default_size(height, width)
+        crop, image, mask_image = crop_for_call(padding_mask_crop, image, mask_image, width, height, (width, height))
         channels = self.unet_channels  # a UNet that cannot inpaint fails before any encoding
         cond = self._start_call(output_type, callback_on_step_end_tensor_inputs, guidance_scale, prompt,
                                 num_images_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
@@ -179,4 +185,5 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         else:
             cond = cond.with_(extra_channels=torch.cat([state.mask, state.masked_image_latents], dim=1))
         latents = self.denoise(state.latents, scheduler, kept, cond, sampling)
-        return self.finish(latents, output_type, return_dict)
+        output = self.finish(latents, output_type, return_dict)
+        return output if crop is None else crop.paste_into(output)
