@@ -1,6 +1,6 @@
 """Diffusers' `padding_mask_crop` keyword on the inpainting pipelines: its default (None) is accepted
-in Diffusers' position (a parity fuzz found it refused as an unknown keyword); a crop size, which
-Kiln does not implement, is refused by name."""
+in Diffusers' position (a parity fuzz found it refused as an unknown keyword). Crop sizes:
+tests/pipelines/test_padding_mask_crop.py."""
 
 from __future__ import annotations
 
@@ -49,12 +49,6 @@ def test_sd_inpaint_with_padding_mask_crop_none_matches_diffusers(sd_inpaint):
     args = dict(prompt="a cat", image=image, mask_image=mask, padding_mask_crop=None, num_inference_steps=2,
                 output_type="np")
     assert max_diff(pipe(generator=seeded(0), **args).images, ref(generator=seeded(0), **args).images) < MAX_PIXEL_DIFF
-
-
-def test_sd_inpaint_refuses_a_crop_size_by_name(sd_inpaint):
-    image, mask = _image_and_mask()
-    with pytest.raises(ValueError, match="padding_mask_crop=16"):
-        sd_inpaint[1](prompt="a cat", image=image, mask_image=mask, padding_mask_crop=16, num_inference_steps=1)
 
 
 def test_flux_inpaint_accepts_padding_mask_crop_none(tmp_path):
